@@ -1,0 +1,26 @@
+"""mmscale: multi-scale attention layers for multimodal 3D medical imaging.
+
+Public names are re-exported here explicitly; see ``mmscale.layers``,
+``mmscale.models`` and ``mmscale.data`` for the full surface.
+"""
+
+__version__ = "0.1.0"
+
+from mmscale.layers import (
+    ChannelAttention3d,
+    MultiScaleConvAttention3d,
+    MultiScaleConvBlock3d,
+    MultiScaleDepthwiseConv3d,
+    SpatialAttention3d,
+    UpConv3d,
+)
+
+__all__ = [
+    "__version__",
+    "ChannelAttention3d",
+    "MultiScaleConvAttention3d",
+    "MultiScaleConvBlock3d",
+    "MultiScaleDepthwiseConv3d",
+    "SpatialAttention3d",
+    "UpConv3d",
+]
