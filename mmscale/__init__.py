@@ -14,6 +14,22 @@ from mmscale.layers import (
     SpatialAttention3d,
     UpConv3d,
 )
+from mmscale.layers import (
+    BidirectionalPyramid3d,
+    CrossAttention,
+    DropPath,
+    GatedFusion3d,
+    GatedFusionUnit,
+    GroupedBottleneck3d,
+    KANEncoder,
+    KANLinear,
+    MultiScaleCrossAttention,
+    PyramidBackbone3d,
+    SingleTokenCrossAttentionFusion,
+    SqueezeExcitation3d,
+    TabularTokenizer,
+)
+from mmscale.models import MMCAFNet, MMCAFNetConfig
 
 __all__ = [
     "__version__",
@@ -23,4 +39,19 @@ __all__ = [
     "MultiScaleDepthwiseConv3d",
     "SpatialAttention3d",
     "UpConv3d",
+    "BidirectionalPyramid3d",
+    "CrossAttention",
+    "DropPath",
+    "GatedFusion3d",
+    "GatedFusionUnit",
+    "GroupedBottleneck3d",
+    "KANEncoder",
+    "KANLinear",
+    "MultiScaleCrossAttention",
+    "PyramidBackbone3d",
+    "SingleTokenCrossAttentionFusion",
+    "SqueezeExcitation3d",
+    "TabularTokenizer",
+    "MMCAFNet",
+    "MMCAFNetConfig",
 ]

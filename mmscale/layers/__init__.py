@@ -8,6 +8,21 @@ from mmscale.layers.attention import (
     SpatialAttention3d,
     UpConv3d,
 )
+from mmscale.layers.backbone import (
+    DropPath,
+    GroupedBottleneck3d,
+    PyramidBackbone3d,
+    SqueezeExcitation3d,
+)
+from mmscale.layers.cross_attention import (
+    CrossAttention,
+    GatedFusionUnit,
+    MultiScaleCrossAttention,
+    SingleTokenCrossAttentionFusion,
+)
+from mmscale.layers.kan import KANEncoder, KANLinear
+from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedFusion3d
+from mmscale.layers.tabular import TabularTokenizer
 
 __all__ = [
     "ChannelAttention3d",
@@ -16,4 +31,17 @@ __all__ = [
     "MultiScaleDepthwiseConv3d",
     "SpatialAttention3d",
     "UpConv3d",
+    "BidirectionalPyramid3d",
+    "CrossAttention",
+    "DropPath",
+    "GatedFusion3d",
+    "GatedFusionUnit",
+    "GroupedBottleneck3d",
+    "KANEncoder",
+    "KANLinear",
+    "MultiScaleCrossAttention",
+    "PyramidBackbone3d",
+    "SingleTokenCrossAttentionFusion",
+    "SqueezeExcitation3d",
+    "TabularTokenizer",
 ]

@@ -1,0 +1,291 @@
+"""3D ResNeXt-style feature-pyramid encoder (the PENet encoder the paper used)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["DropPath", "SqueezeExcitation3d", "GroupedBottleneck3d", "PyramidBackbone3d"]
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # GroupNorm with C/16 groups (16 channels per group), at least one group.
+    return nn.GroupNorm(max(channels // 16, 1), channels)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training.
+
+    Surviving branches are scaled by ``1 / (1 - drop_prob)`` so the expectation is
+    unchanged; in eval mode the layer is the identity.
+
+    Args:
+        drop_prob (float): probability of dropping the branch, in ``[0, 1)``.
+
+    Shapes:
+        x: [B, ...] -> [B, ...]
+
+    Raises:
+        ValueError: ``drop_prob`` outside ``[0, 1)``.
+
+    Example:
+        >>> DropPath(0.2).eval()(torch.ones(2, 3)).sum().item()
+        6.0
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply stochastic depth to a residual branch ``x``."""
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class SqueezeExcitation3d(nn.Module):
+    """Squeeze-excitation: ``x * sigmoid(W2 relu(W1 avg_{DHW} x))``.
+
+    Args:
+        channels (int): input channels.
+        reduction (int): bottleneck ratio (hidden = ``max(channels // reduction, 1)``).
+
+    Shapes:
+        x: [B, C, D, H, W] -> [B, C, D, H, W]
+
+    Raises:
+        ValueError: a size is < 1.
+
+    Example:
+        >>> SqueezeExcitation3d(32)(torch.randn(1, 32, 2, 4, 4)).shape
+        torch.Size([1, 32, 2, 4, 4])
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ValueError(f"channels and reduction must be >= 1, got {channels}, {reduction}")
+        hidden = max(channels // reduction, 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale the channels of ``x`` [B, C, D, H, W]."""
+        s = x.mean(dim=(2, 3, 4))
+        g = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return x * g[:, :, None, None, None]
+
+
+class GroupedBottleneck3d(nn.Module):
+    """ResNeXt bottleneck: 1x1 -> grouped 3x3x3 (strided) -> 1x1, SE, stochastic depth.
+
+    Every conv is followed by GroupNorm(C/16); LeakyReLU after the first two and after
+    the residual add. The shortcut is a strided 1x1 conv + GroupNorm when the shape
+    changes, the identity otherwise.
+
+    Args:
+        in_channels (int): input channels.
+        mid_channels (int): width of the grouped conv (divisible by ``cardinality``).
+        out_channels (int): output channels.
+        cardinality (int): groups of the 3x3x3 conv.
+        stride (int): stride of the 3x3x3 conv and of the shortcut.
+        se_reduction (int): squeeze-excitation ratio (0 disables SE).
+        drop_path (float): stochastic-depth drop probability of the residual branch.
+        negative_slope (float): LeakyReLU slope.
+
+    Shapes:
+        x: [B, in_channels, D, H, W] -> [B, out_channels, ceil(D/s), ceil(H/s), ceil(W/s)]
+
+    Raises:
+        ValueError: ``cardinality`` does not divide ``mid_channels``.
+
+    Example:
+        >>> blk = GroupedBottleneck3d(16, 16, 32, cardinality=4, stride=2)
+        >>> blk(torch.randn(1, 16, 4, 8, 8)).shape
+        torch.Size([1, 32, 2, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        cardinality: int = 32,
+        stride: int = 1,
+        se_reduction: int = 16,
+        drop_path: float = 0.0,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if mid_channels % cardinality:
+            raise ValueError(f"cardinality={cardinality} must divide mid_channels={mid_channels}")
+        self.conv1 = nn.Conv3d(in_channels, mid_channels, 1, bias=False)
+        self.norm1 = _group_norm(mid_channels)
+        self.conv2 = nn.Conv3d(
+            mid_channels, mid_channels, 3, stride=stride, padding=1, groups=cardinality, bias=False
+        )
+        self.norm2 = _group_norm(mid_channels)
+        self.conv3 = nn.Conv3d(mid_channels, out_channels, 1, bias=False)
+        self.norm3 = _group_norm(out_channels)
+        self.se = SqueezeExcitation3d(out_channels, se_reduction) if se_reduction else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+        self.act = nn.LeakyReLU(negative_slope)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
+                _group_norm(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to ``x`` [B, C_in, D, H, W]."""
+        h = self.act(self.norm1(self.conv1(x)))
+        h = self.act(self.norm2(self.conv2(h)))
+        h = self.se(self.norm3(self.conv3(h)))
+        return self.act(self.shortcut(x) + self.drop_path(h))
+
+
+class PyramidBackbone3d(nn.Module):
+    """3D ResNeXt encoder returning the last stages as a feature pyramid.
+
+    Stem: Conv3d(k=7, stride (1, 2, 2), padding 3, no bias) + GroupNorm(C/16) +
+    LeakyReLU + MaxPool3d(3, stride 2, padding 1); then one stage of
+    :class:`GroupedBottleneck3d` per entry of ``widths`` (the first block of every
+    stage after the first has stride 2). Stochastic-depth drop probability rises
+    linearly over all blocks from 0 to ``drop_path_rate`` (survival falls to
+    ``1 - drop_path_rate``). When ``stem_in_channels > in_channels`` the input is
+    repeated along channels (a 1-channel CT fed to a 3-channel stem, as in PENet).
+
+    Args:
+        in_channels (int): channels of the input volume.
+        widths (Sequence[int]): output channels per stage (paper: 256, 512, 1024).
+        depths (Sequence[int]): blocks per stage (paper: 3, 4, 6).
+        mid_widths (Sequence[int] | None): grouped-conv width per stage (default: half
+            of ``widths``).
+        stem_channels (int): stem output channels (paper: 64).
+        stem_in_channels (int | None): stem input channels (paper: 3); a multiple of
+            ``in_channels``. Default ``in_channels``.
+        cardinality (int): groups of the 3x3x3 convs.
+        se_reduction (int): squeeze-excitation ratio (0 disables SE).
+        drop_path_rate (float): drop probability of the last block.
+        num_outputs (int): how many of the last stages to return.
+
+    Shapes:
+        x: [B, in_channels, D, H, W] -> list of ``num_outputs`` maps, finest first; for
+        the paper's [B, 1, 12, 192, 192]: [B, 256, 6, 48, 48], [B, 512, 3, 24, 24],
+        [B, 1024, 2, 12, 12].
+
+    Raises:
+        ValueError: inconsistent widths/depths or an input of the wrong shape.
+
+    Example:
+        >>> net = PyramidBackbone3d(widths=(32, 64, 128), depths=(1, 1, 1), stem_channels=16,
+        ...                         cardinality=8)
+        >>> [f.shape[1] for f in net(torch.randn(1, 1, 8, 32, 32))]
+        [32, 64, 128]
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: Sequence[int] = (256, 512, 1024),
+        depths: Sequence[int] = (3, 4, 6),
+        mid_widths: Sequence[int] | None = None,
+        stem_channels: int = 64,
+        stem_in_channels: int | None = None,
+        cardinality: int = 32,
+        se_reduction: int = 16,
+        drop_path_rate: float = 0.5,
+        num_outputs: int = 3,
+    ) -> None:
+        super().__init__()
+        widths, depths = tuple(widths), tuple(depths)
+        if not widths or len(widths) != len(depths):
+            raise ValueError(f"widths and depths must be non-empty and equally long, got {widths}, {depths}")
+        if any(d < 1 for d in depths) or any(w < 1 for w in widths):
+            raise ValueError(f"widths and depths must be >= 1, got {widths}, {depths}")
+        mid_widths = tuple(w // 2 for w in widths) if mid_widths is None else tuple(mid_widths)
+        if len(mid_widths) != len(widths):
+            raise ValueError(f"mid_widths must have {len(widths)} entries, got {mid_widths}")
+        for m in mid_widths:
+            if m < cardinality or m % cardinality:
+                raise ValueError(f"cardinality={cardinality} must divide every mid width, got {mid_widths}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        stem_in_channels = in_channels if stem_in_channels is None else stem_in_channels
+        if stem_in_channels % in_channels:
+            raise ValueError(
+                f"stem_in_channels={stem_in_channels} must be a multiple of in_channels={in_channels}"
+            )
+        if not 1 <= num_outputs <= len(widths):
+            raise ValueError(f"num_outputs must be in [1, {len(widths)}], got {num_outputs}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        self.in_channels = in_channels
+        self.stem_in_channels = stem_in_channels
+        self.widths = widths
+        self.num_outputs = num_outputs
+
+        self.stem = nn.Sequential(
+            nn.Conv3d(stem_in_channels, stem_channels, 7, stride=(1, 2, 2), padding=3, bias=False),
+            _group_norm(stem_channels),
+            nn.LeakyReLU(0.01),
+            nn.MaxPool3d(3, stride=2, padding=1),
+        )
+        total = sum(depths)
+        index = 0
+        stages = []
+        channels = stem_channels
+        for i, (width, mid, depth) in enumerate(zip(widths, mid_widths, depths)):
+            blocks = []
+            for j in range(depth):
+                rate = drop_path_rate * index / max(total - 1, 1)
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(
+                    GroupedBottleneck3d(channels, mid, width, cardinality, stride, se_reduction, rate)
+                )
+                channels = width
+                index += 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        """Channels of the returned maps, finest first."""
+        return self.widths[-self.num_outputs :]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encode a volume batch.
+
+        Args:
+            x (torch.Tensor): [B, in_channels, D, H, W].
+
+        Returns:
+            list[torch.Tensor]: the last ``num_outputs`` stage outputs, finest first.
+
+        Raises:
+            ValueError: ``x`` is not 5-D with ``in_channels`` channels.
+        """
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape [B, {self.in_channels}, D, H, W], got {list(x.shape)}"
+            )
+        if self.stem_in_channels != self.in_channels:
+            x = x.repeat(1, self.stem_in_channels // self.in_channels, 1, 1, 1)
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs[-self.num_outputs :]

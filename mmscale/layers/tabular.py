@@ -1,0 +1,222 @@
+"""Tabular (clinical table) tokenisation: one token per feature, with missing values.
+
+Clinical tables are small (a handful of columns) and often incomplete, so every
+feature gets its own token and every missing entry gets a learned, per-feature
+"missing" embedding instead of an imputed number. The validity mask that comes with
+the tokens lets attention layers ignore missing features as keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TabularTokenizer", "validate_table"]
+
+
+def _eager() -> bool:
+    """True when running eagerly, i.e. value-dependent checks are allowed.
+
+    Checks that read tensor values (``.any()``) would break ``torch.export``,
+    ``torch.compile`` and ONNX tracing, so they only run in plain eager mode.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return not torch.onnx.is_in_onnx_export()
+
+
+def validate_table(
+    numerical: torch.Tensor | None,
+    categorical: torch.Tensor | None,
+    num_numerical: int,
+    categorical_cardinalities: Sequence[int],
+    batch_size: int | None = None,
+) -> int:
+    """Check a table batch against its schema and return the batch size.
+
+    Args:
+        numerical (torch.Tensor | None): floats of shape [B, num_numerical]; NaN = missing.
+        categorical (torch.Tensor | None): integer codes of shape [B, len(cardinalities)];
+            -1 = missing, otherwise ``0 <= code < cardinality``.
+        num_numerical (int): expected number of numerical columns.
+        categorical_cardinalities (Sequence[int]): expected categories per categorical column.
+        batch_size (int | None): batch size to use (and check against) when known.
+
+    Returns:
+        int: the batch size (``batch_size`` if given, else taken from the tensors).
+
+    Raises:
+        ValueError: a tensor has the wrong rank, column count, batch size or dtype, a
+            categorical code is out of range, or the batch size cannot be inferred.
+    """
+    sizes = []
+    if numerical is not None:
+        if not isinstance(numerical, torch.Tensor):
+            raise ValueError(f"numerical must be a torch.Tensor or None, got {type(numerical).__name__}")
+        if numerical.dim() != 2 or numerical.shape[1] != num_numerical:
+            raise ValueError(
+                f"numerical must have shape [B, {num_numerical}], got {list(numerical.shape)}"
+            )
+        if not numerical.is_floating_point():
+            raise ValueError(f"numerical must be a floating-point tensor, got {numerical.dtype}")
+        sizes.append(numerical.shape[0])
+    num_cat = len(categorical_cardinalities)
+    if categorical is not None:
+        if not isinstance(categorical, torch.Tensor):
+            raise ValueError(
+                f"categorical must be a torch.Tensor or None, got {type(categorical).__name__}"
+            )
+        if categorical.dim() != 2 or categorical.shape[1] != num_cat:
+            raise ValueError(
+                f"categorical must have shape [B, {num_cat}], got {list(categorical.shape)}"
+            )
+        if categorical.is_floating_point() or categorical.is_complex() or categorical.dtype == torch.bool:
+            raise ValueError(f"categorical must be an integer tensor, got {categorical.dtype}")
+        if _eager() and categorical.numel() > 0 and categorical.device.type != "meta":
+            high = torch.tensor(list(categorical_cardinalities), device=categorical.device)
+            bad = (categorical < -1) | (categorical >= high)
+            if bool(bad.any()):
+                col = int(bad.any(dim=0).nonzero()[0, 0])
+                raise ValueError(
+                    f"categorical column {col} has codes outside [-1, {categorical_cardinalities[col] - 1}] "
+                    f"(-1 = missing; cardinality {categorical_cardinalities[col]})"
+                )
+        sizes.append(categorical.shape[0])
+    if batch_size is not None:
+        sizes.append(batch_size)
+    if not sizes:
+        raise ValueError("batch_size is required when both numerical and categorical are None")
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError(f"numerical, categorical and batch_size disagree on the batch size: {sizes}")
+    return sizes[0]
+
+
+class TabularTokenizer(nn.Module):
+    """One token per clinical feature, with a learned embedding for missing values.
+
+    Numerical feature ``i`` becomes ``x_i * w_i + b_i`` (``w_i, b_i: [dim]``);
+    categorical feature ``j`` is looked up in its own embedding table. A NaN
+    (numerical) or -1 (categorical) marks a missing value: its token is the learned
+    missing embedding of that feature and its mask entry is False. Missing values
+    never reach the arithmetic (they are replaced before the multiply), so they cannot
+    leak NaN into outputs or gradients.
+
+    Args:
+        numerical (int): number of numerical features (may be 0).
+        categorical (Sequence[int]): cardinality of each categorical feature (may be empty).
+        dim (int): token width.
+
+    Raises:
+        ValueError: a count is negative, a cardinality is < 1, there are no features,
+            or ``dim < 1``.
+
+    Example:
+        >>> tok = TabularTokenizer(numerical=2, categorical=(2, 4), dim=8)
+        >>> x_num = torch.tensor([[0.5, float("nan")]])
+        >>> x_cat = torch.tensor([[1, -1]])
+        >>> tokens, mask = tok(x_num, x_cat)
+        >>> tokens.shape, mask.tolist()
+        (torch.Size([1, 4, 8]), [[True, False, True, False]])
+    """
+
+    def __init__(self, numerical: int, categorical: Sequence[int], dim: int) -> None:
+        super().__init__()
+        if not isinstance(numerical, int) or numerical < 0:
+            raise ValueError(f"numerical must be an int >= 0, got {numerical!r}")
+        categorical = tuple(categorical)
+        if any((not isinstance(c, int)) or c < 1 for c in categorical):
+            raise ValueError(f"categorical must be cardinalities >= 1, got {categorical!r}")
+        if numerical + len(categorical) == 0:
+            raise ValueError("numerical and categorical describe no features (need at least one)")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        self.num_numerical = numerical
+        self.categorical_cardinalities = categorical
+        self.dim = dim
+        self.num_features = numerical + len(categorical)
+
+        self.num_weight = nn.Parameter(torch.empty(numerical, dim))
+        self.num_bias = nn.Parameter(torch.empty(numerical, dim))
+        # All categorical tables live in one embedding; each column reads its own slice.
+        self.cat_embedding = nn.Embedding(max(sum(categorical), 1), dim)
+        offsets = [0]
+        for c in categorical[:-1]:
+            offsets.append(offsets[-1] + c)
+        self.register_buffer(
+            "cat_offsets", torch.tensor(offsets[: len(categorical)], dtype=torch.long), persistent=False
+        )
+        self.missing = nn.Parameter(torch.empty(self.num_features, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights (small normal values, like token embeddings)."""
+        nn.init.normal_(self.num_weight, std=0.02)
+        nn.init.normal_(self.num_bias, std=0.02)
+        nn.init.normal_(self.cat_embedding.weight, std=0.02)
+        nn.init.normal_(self.missing, std=0.02)
+
+    def forward(
+        self,
+        numerical: torch.Tensor | None = None,
+        categorical: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise a table batch.
+
+        Args:
+            numerical (torch.Tensor | None): [B, numerical] floats, NaN = missing.
+                None means every numerical value is missing.
+            categorical (torch.Tensor | None): [B, len(categorical)] integer codes,
+                -1 = missing. None means every categorical value is missing.
+            batch_size (int | None): needed only when both tables are None.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: tokens [B, F, dim] (numerical features
+            first, then categorical) and the validity mask [B, F] (bool, True = present).
+
+        Raises:
+            ValueError: shapes, dtypes or codes do not match the schema.
+        """
+        b = validate_table(
+            numerical, categorical, self.num_numerical, self.categorical_cardinalities, batch_size
+        )
+        device = self.missing.device
+        dtype = self.missing.dtype
+        tokens, masks = [], []
+        if self.num_numerical:
+            if numerical is None:
+                x = torch.zeros(b, self.num_numerical, device=device, dtype=dtype)
+                valid = torch.zeros(b, self.num_numerical, device=device, dtype=torch.bool)
+            else:
+                valid = ~torch.isnan(numerical)
+                # Replace missing values before the multiply so NaN cannot reach
+                # the gradient of w (0 * NaN is NaN).
+                x = torch.where(valid, numerical, torch.zeros_like(numerical)).to(dtype)
+            tok = x.unsqueeze(-1) * self.num_weight + self.num_bias  # [B, Fn, dim]
+            miss = self.missing[: self.num_numerical].expand(b, -1, -1)
+            tokens.append(torch.where(valid.unsqueeze(-1), tok, miss))
+            masks.append(valid)
+        num_cat = len(self.categorical_cardinalities)
+        if num_cat:
+            if categorical is None:
+                codes = torch.zeros(b, num_cat, device=device, dtype=torch.long)
+                valid = torch.zeros(b, num_cat, device=device, dtype=torch.bool)
+            else:
+                codes = categorical.long()
+                valid = codes >= 0
+                codes = torch.where(valid, codes, torch.zeros_like(codes))
+            tok = self.cat_embedding(codes + self.cat_offsets)  # [B, Fc, dim]
+            miss = self.missing[self.num_numerical :].expand(b, -1, -1)
+            tokens.append(torch.where(valid.unsqueeze(-1), tok, miss))
+            masks.append(valid)
+        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"numerical={self.num_numerical}, categorical={self.categorical_cardinalities}, "
+            f"dim={self.dim}"
+        )
