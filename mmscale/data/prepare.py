@@ -1,0 +1,354 @@
+"""Preparing a download once: crops, clinical rows and an index, cached on disk.
+
+Each patient's crop is written to ``crops/<ID>.npy`` through a temporary file and
+``os.replace`` (atomic on POSIX), so an interrupted run leaves only whole files and the
+next run carries on from where it stopped. ``index.json`` is written last, the same
+way; its presence marks a finished cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmscale.data.crops import (
+    CropConfig,
+    center_crop,
+    crop_volume,
+    lesion_center,
+    random_crop,
+    resample_pet_to_ct,
+)
+from mmscale.data.dicom import load_ct_series, load_pet_series
+
+__all__ = [
+    "LesionDataset",
+    "PreparedData",
+    "atomic_write_bytes",
+    "cache_key",
+    "prepare",
+]
+
+_INDEX = "index.json"
+_FORMAT = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
+
+    Args:
+        path: destination; its folder is created if needed.
+        data: the bytes.
+
+    Example:
+        >>> atomic_write_bytes("/tmp/x.json", b"{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (paths, configs) naming a cache folder."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PreparedData:
+    """A finished cache, loaded.
+
+    Attributes:
+        root: the cache folder.
+        patient_ids: patients with a crop, sorted.
+        labels: class letter per patient (``"A"``, ``"B"``, ``"E"``, ``"G"``).
+        volumes: float16 ``[N, C, depth, stored, stored]`` crops (CT in [0, 1]).
+        rows: clinical row per patient (dict) or ``None`` when the sheet lacks it.
+        has_box: whether the crop is lesion-centred (False: centre crop).
+        crop: the :class:`CropConfig` used.
+        report: the text report of what was skipped and why.
+        info: the raw index (per-patient notes, scan counts).
+    """
+
+    root: Path
+    patient_ids: list[str]
+    labels: list[str]
+    volumes: np.ndarray
+    rows: list[dict | None]
+    has_box: list[bool]
+    crop: CropConfig
+    report: str
+    info: dict = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> PreparedData:
+        """Load a cache written by :func:`prepare`.
+
+        Raises:
+            ValueError: ``root`` holds no finished cache (no ``index.json``).
+        """
+        root = Path(root)
+        index_path = root / _INDEX
+        if not index_path.is_file():
+            raise ValueError(f"root: {str(root)!r} holds no finished cache ({_INDEX} missing)")
+        info = json.loads(index_path.read_text())
+        pats = info["patients"]
+        vols = np.stack([np.load(root / "crops" / f"{p['id']}.npy") for p in pats]) if pats else (
+            np.zeros((0,), np.float16))
+        return cls(
+            root=root,
+            patient_ids=[p["id"] for p in pats],
+            labels=[p["label"] for p in pats],
+            volumes=vols,
+            rows=[p["clinical"] for p in pats],
+            has_box=[bool(p["has_box"]) for p in pats],
+            crop=CropConfig(**info["crop"]),
+            report=info["report"],
+            info=info,
+        )
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return str(value)
+
+
+def prepare(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    annotations: str | os.PathLike | None = None,
+    clinical: str | os.PathLike | None = None,
+    crop: CropConfig = CropConfig(),
+    progress: bool = True,
+) -> PreparedData:
+    """Scan a download, cut one crop per patient and cache crops, table and index.
+
+    Reruns are cheap: a finished cache is loaded as is, and an interrupted one resumes
+    (crops already on disk are kept). Everything left out is reported, with a warning:
+    patients whose CT cannot be read, patients without a clinical row (kept, with all
+    clinical values missing), clinical rows without imaging, unknown stage strings.
+
+    Args:
+        data_dir: the TCIA download (see :func:`mmscale.data.scan_tcia`).
+        cache_dir: where to write ``crops/``, ``index.json`` (created if needed).
+        annotations: the annotation archive folder, or ``None`` (centre crops).
+        clinical: the clinical xlsx/csv, or ``None`` (image-only).
+        crop: the :class:`CropConfig`.
+        progress: show tqdm progress bars.
+
+    Returns:
+        The loaded :class:`PreparedData`.
+
+    Raises:
+        ValueError: ``data_dir`` is not a TCIA tree, ``clinical`` cannot be read, or no
+            patient could be prepared.
+
+    Example:
+        >>> data = prepare("~/tcia", "~/.cache/mmscale/prep", clinical="clin.xlsx")  # doctest: +SKIP
+        >>> data.volumes.shape  # doctest: +SKIP
+        (355, 1, 12, 208, 208)
+    """
+    from tqdm.auto import tqdm
+
+    from mmscale.data.clinical import read_clinical
+    from mmscale.data.tcia import scan_tcia
+
+    cache_dir = Path(cache_dir).expanduser()
+    if (cache_dir / _INDEX).is_file():
+        return PreparedData.load(cache_dir)
+    patients, summary = scan_tcia(data_dir, annotations, progress=progress)
+    table = read_clinical(clinical) if clinical is not None else None
+    crops_dir = cache_dir / "crops"
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    entries, failed = [], []
+    bar = tqdm(patients.values(), desc="prepare crops", unit="patient", disable=not progress)
+    for rec in bar:
+        path = crops_dir / f"{rec.patient_id}.npy"
+        notes = list(rec.notes)
+        meta_path = crops_dir / f"{rec.patient_id}.json"
+        try:
+            if path.is_file() and meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+            else:
+                ct = load_ct_series(rec.ct_files)
+                center = lesion_center(ct, rec.boxes)
+                pet = None
+                if crop.pet and rec.pet_files:
+                    pet = resample_pet_to_ct(load_pet_series(rec.pet_files), ct)
+                elif crop.pet:
+                    notes.append("no PET series (PET channel is zeros)")
+                array = crop_volume(ct, center, crop, pet).astype(np.float16)
+                meta = {
+                    "has_box": center is not None,
+                    "center": list(center) if center is not None else None,
+                    "shape": list(ct.hu.shape),
+                    "spacing": list(ct.spacing),
+                    "skipped_files": [list(s) for s in ct.skipped],
+                }
+                _atomic_save_npy(path, array)
+                # The sidecar is written after the crop: a crop without sidecar is redone.
+                atomic_write_bytes(meta_path, json.dumps(meta).encode())
+        except (ValueError, OSError) as err:
+            warnings.warn(f"patient {rec.patient_id}: CT could not be prepared ({err})", stacklevel=2)
+            failed.append({"id": rec.patient_id, "reason": str(err)})
+            continue
+        for f, why in meta["skipped_files"]:
+            if why.startswith("unreadable"):
+                summary.skipped.append((f, why))
+        row = table.row(rec.patient_id) if table is not None else None
+        if table is not None and row is None:
+            notes.append("no clinical row (all clinical values missing)")
+        entries.append({
+            "id": rec.patient_id,
+            "label": rec.label,
+            "has_box": meta["has_box"],
+            "center": meta["center"],
+            "shape": meta["shape"],
+            "spacing": meta["spacing"],
+            "clinical": {k: _plain(v) for k, v in row.items()} if row is not None else None,
+            "notes": notes,
+        })
+    if not entries:
+        raise ValueError(f"data_dir: no patient could be prepared from {str(data_dir)!r}")
+    clinical_only = []
+    if table is not None:
+        clinical_only = sorted(set(table.frame.index) - set(patients))
+    lines = [summary.report()]
+    if failed:
+        lines.append(f"{len(failed)} patient(s) dropped, CT unreadable: "
+                     + ", ".join(f["id"] for f in failed[:10]))
+    no_row = [e["id"] for e in entries if table is not None and e["clinical"] is None]
+    if no_row:
+        lines.append(f"{len(no_row)} patient(s) without a clinical row (kept, table missing): "
+                     + ", ".join(no_row[:10]))
+    if clinical_only:
+        lines.append(f"{len(clinical_only)} clinical row(s) without imaging (not used): "
+                     + ", ".join(clinical_only[:10]))
+    if table is not None and table.issues:
+        lines.append(f"{len(table.issues)} clinical issue(s): " + "; ".join(table.issues[:5]))
+    report = "\n".join(lines)
+    if failed or no_row or (table is not None and table.issues):
+        warnings.warn("prepare: some inputs were incomplete:\n" + report, stacklevel=2)
+    index = {
+        "format": _FORMAT,
+        "data_dir": str(data_dir),
+        "annotations": str(annotations) if annotations is not None else None,
+        "clinical": str(clinical) if clinical is not None else None,
+        "crop": crop.to_dict(),
+        "patients": entries,
+        "failed": failed,
+        "clinical_only": clinical_only,
+        "clinical_issues": table.issues if table is not None else [],
+        "skip_reasons": dict(summary.skip_reasons),
+        "report": report,
+    }
+    atomic_write_bytes(cache_dir / _INDEX, json.dumps(index, indent=1).encode())
+    return PreparedData.load(cache_dir)
+
+
+class LesionDataset(torch.utils.data.Dataset):
+    """Cached crops plus encoded table rows as model inputs.
+
+    Training crops are placed at random (and flipped left-right) with a generator
+    seeded by ``(seed, epoch, index)``, so the same epoch yields the same batch
+    contents whatever the worker count or a resume in between.
+
+    Args:
+        volumes: float16/float32 ``[N, C, D, S, S]`` cached crops.
+        numerical: float32 ``[N, n_num]`` (NaN = missing).
+        categorical: int64 ``[N, n_cat]`` (-1 = missing).
+        labels: int64 ``[N]`` class indices.
+        crop: in-plane size returned.
+        train: random crop + flip (True) or centre crop (False).
+        seed: base seed for the augmentation.
+
+    Raises:
+        ValueError: lengths differ or ``crop`` exceeds the cached size.
+
+    Example:
+        >>> ds = LesionDataset(vols, num, cat, y, crop=32, train=True)  # doctest: +SKIP
+        >>> ds[0]["volume"].shape  # doctest: +SKIP
+        torch.Size([1, 12, 32, 32])
+    """
+
+    def __init__(
+        self,
+        volumes: np.ndarray,
+        numerical: np.ndarray,
+        categorical: np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        crop: int,
+        train: bool = False,
+        seed: int = 0,
+    ):
+        n = len(volumes)
+        if not (len(numerical) == len(categorical) == len(labels) == n):
+            raise ValueError(f"volumes/numerical/categorical/labels: lengths differ "
+                             f"({n}, {len(numerical)}, {len(categorical)}, {len(labels)})")
+        if n and crop > volumes.shape[-1]:
+            raise ValueError(f"crop: {crop} exceeds the cached in-plane size {volumes.shape[-1]}")
+        self.volumes = volumes
+        self.numerical = np.asarray(numerical, dtype=np.float32)
+        self.categorical = np.asarray(categorical, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.crop = int(crop)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        vol = self.volumes[i]
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            vol = random_crop(vol, self.crop, rng)
+            if rng.random() < 0.5:
+                vol = vol[..., ::-1]
+        else:
+            vol = center_crop(vol, self.crop)
+        return {
+            "volume": torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32)),
+            "numerical": torch.from_numpy(self.numerical[i]),
+            "categorical": torch.from_numpy(self.categorical[i]),
+            "label": torch.tensor(self.labels[i]),
+            "index": torch.tensor(i),
+        }
