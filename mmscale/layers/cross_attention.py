@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
+    "adaptive_avg_pool3d",
     "CrossAttention",
     "GatedFusionUnit",
     "MultiScaleCrossAttention",
@@ -37,6 +38,42 @@ def _as_dims(name: str, dim: int | Sequence[int], count: int) -> tuple[int, ...]
     for d in dims:
         _check_positive_int(name, d)
     return dims
+
+
+def _pool_matrix(length: int, bins: int, ref: torch.Tensor) -> torch.Tensor:
+    """[bins, length] averaging matrix with adaptive-pooling bin edges
+    (``floor(i * L / n)`` to ``ceil((i + 1) * L / n)``)."""
+    m = torch.zeros(bins, length, dtype=ref.dtype, device=ref.device)
+    for i in range(bins):
+        start = (i * length) // bins
+        end = -((-(i + 1) * length) // bins)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool3d(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Same result as :func:`torch.nn.functional.adaptive_avg_pool3d`, as three small matmuls.
+
+    Written with matrix products because ONNX has no adaptive pooling for sizes that
+    do not divide the input; the averaging matrices depend only on the (static) shapes.
+
+    Args:
+        x (torch.Tensor): [B, C, D, H, W].
+        size (Sequence[int]): output grid ``(d, h, w)``.
+
+    Returns:
+        torch.Tensor: [B, C, d, h, w].
+
+    Example:
+        >>> x = torch.randn(1, 2, 5, 7, 3)
+        >>> torch.allclose(adaptive_avg_pool3d(x, (2, 4, 4)),
+        ...                torch.nn.functional.adaptive_avg_pool3d(x, (2, 4, 4)), atol=1e-6)
+        True
+    """
+    d, h, w = (int(v) for v in size)
+    x = torch.einsum("bcdhw,kw->bcdhk", x, _pool_matrix(x.shape[4], w, x))
+    x = torch.einsum("bcdhw,jh->bcdjw", x, _pool_matrix(x.shape[3], h, x))
+    return torch.einsum("bcdhw,id->bcihw", x, _pool_matrix(x.shape[2], d, x))
 
 
 class CrossAttention(nn.Module):
@@ -414,7 +451,7 @@ class MultiScaleCrossAttention(nn.Module):
         if feat is None:
             tokens = ref.new_zeros(b, grid[0] * grid[1] * grid[2], self.dims[s])
         else:
-            pooled = F.adaptive_avg_pool3d(feat, grid)
+            pooled = adaptive_avg_pool3d(feat, grid)
             tokens = self.volume_proj[s](rearrange(pooled, "b c d h w -> b (d h w) c"))
         return tokens + self.volume_pos[s]
 
