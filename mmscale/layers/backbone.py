@@ -179,7 +179,8 @@ class PyramidBackbone3d(nn.Module):
         cardinality (int): groups of the 3x3x3 convs.
         se_reduction (int): squeeze-excitation ratio (0 disables SE).
         drop_path_rate (float): drop probability of the last block.
-        num_outputs (int): how many of the last stages to return.
+        num_outputs (int | None): how many of the last stages to return (default:
+            ``min(3, len(widths))``).
 
     Shapes:
         x: [B, in_channels, D, H, W] -> list of ``num_outputs`` maps, finest first; for
@@ -207,7 +208,7 @@ class PyramidBackbone3d(nn.Module):
         cardinality: int = 32,
         se_reduction: int = 16,
         drop_path_rate: float = 0.5,
-        num_outputs: int = 3,
+        num_outputs: int | None = None,
     ) -> None:
         super().__init__()
         widths, depths = tuple(widths), tuple(depths)
@@ -228,6 +229,7 @@ class PyramidBackbone3d(nn.Module):
             raise ValueError(
                 f"stem_in_channels={stem_in_channels} must be a multiple of in_channels={in_channels}"
             )
+        num_outputs = min(3, len(widths)) if num_outputs is None else num_outputs
         if not 1 <= num_outputs <= len(widths):
             raise ValueError(f"num_outputs must be in [1, {len(widths)}], got {num_outputs}")
         if not 0.0 <= drop_path_rate < 1.0:

@@ -414,7 +414,7 @@ class MultiScaleCrossAttention(nn.Module):
         grids = tuple(tokens_per_level)
         if len(grids) == 3 and all(isinstance(g, int) for g in grids):
             grids = (grids,) * n
-        grids = tuple(tuple(g) for g in grids)
+        grids = tuple(tuple(g) if isinstance(g, Sequence) else (g,) for g in grids)
         if len(grids) != n or any(len(g) != 3 or any((not isinstance(v, int)) or v < 1 for v in g) for g in grids):
             raise ValueError(
                 f"tokens_per_level must be one (d, h, w) grid of ints >= 1 or {n} such grids, "
