@@ -249,7 +249,7 @@ class PyramidBackbone3d(nn.Module):
         index = 0
         stages = []
         channels = stem_channels
-        for i, (width, mid, depth) in enumerate(zip(widths, mid_widths, depths)):
+        for i, (width, mid, depth) in enumerate(zip(widths, mid_widths, depths, strict=False)):
             blocks = []
             for j in range(depth):
                 rate = drop_path_rate * index / max(total - 1, 1)

@@ -293,8 +293,8 @@ class SingleTokenCrossAttentionFusion(nn.Module):
         self.dims = dims
         self.image_attn = nn.ModuleList(CrossAttention(d, num_heads, out_proj=False) for d in dims)
         self.table_attn = nn.ModuleList(CrossAttention(d, num_heads, out_proj=False) for d in dims)
-        self.image_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.image_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
+        self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(len(dims) - 1))
 
     def forward(
@@ -427,18 +427,18 @@ class MultiScaleCrossAttention(nn.Module):
         self.grids = grids
 
         self.volume_proj = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d)) for c, d in zip(volume_dims, dims)
+            nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d)) for c, d in zip(volume_dims, dims, strict=False)
         )
         self.volume_pos = nn.ParameterList(
-            nn.Parameter(torch.randn(g[0] * g[1] * g[2], d) * 0.02) for g, d in zip(grids, dims)
+            nn.Parameter(torch.randn(g[0] * g[1] * g[2], d) * 0.02) for g, d in zip(grids, dims, strict=False)
         )
         self.table_proj = nn.Linear(tabular_dim, dims[0])
         self.volume_norm = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.table_norm = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.volume_attn = nn.ModuleList(CrossAttention(d, num_heads, dropout=dropout) for d in dims)
         self.table_attn = nn.ModuleList(CrossAttention(d, num_heads, dropout=dropout) for d in dims)
-        self.volume_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.volume_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
+        self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(n - 1))
 
     @property
@@ -501,7 +501,7 @@ class MultiScaleCrossAttention(nn.Module):
             feats = list(volume_features)
             if len(feats) != len(self.dims):
                 raise ValueError(f"volume_features must hold {len(self.dims)} levels, got {len(feats)}")
-            for s, (x, c) in enumerate(zip(feats, self.volume_dims)):
+            for s, (x, c) in enumerate(zip(feats, self.volume_dims, strict=False)):
                 if x.dim() != 5 or x.shape[0] != b or x.shape[1] != c:
                     raise ValueError(
                         f"volume_features[{s}] must have shape [{b}, {c}, D, H, W], got {list(x.shape)}"

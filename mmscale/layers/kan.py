@@ -34,8 +34,9 @@ def bspline_bases(x: torch.Tensor, knots: torch.Tensor, order: int) -> torch.Ten
 
     Example:
         >>> t = torch.linspace(-2, 2, 9)
-        >>> bspline_bases(torch.tensor([0.1]), t, 3).sum(-1)  # partition of unity inside
-        tensor([1.0000])
+        >>> b = bspline_bases(torch.tensor([0.1]), t, 3)  # 9 knots, cubic: 5 bases
+        >>> b.shape, round(b.sum().item(), 6)  # partition of unity inside the grid
+        (torch.Size([1, 5]), 1.0)
     """
     x = x.unsqueeze(-1)
     t = knots.to(x.dtype)
@@ -194,7 +195,7 @@ class KANEncoder(nn.Module):
         self.dims = dims
         self.layers = nn.ModuleList(
             KANLinear(a, b, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range)
-            for a, b in zip(dims[:-1], dims[1:])
+            for a, b in zip(dims[:-1], dims[1:], strict=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

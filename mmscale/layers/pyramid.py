@@ -136,20 +136,20 @@ class BidirectionalPyramid3d(nn.Module):
             )
             for c in channels
         )
-        # up[l] brings level l + 1 to level l.
-        self.up = nn.ModuleList(UpConv3d(channels[l + 1], channels[l]) for l in range(len(channels) - 1))
-        # fuse[l] fuses level l (finer) into level l + 1.
+        # up[i] brings level i + 1 to level i.
+        self.up = nn.ModuleList(UpConv3d(channels[i + 1], channels[i]) for i in range(len(channels) - 1))
+        # fuse[i] fuses level i (finer) into level i + 1.
         self.fuse = nn.ModuleList(
-            GatedFusion3d(channels[l + 1], channels[l]) for l in range(len(channels) - 1)
+            GatedFusion3d(channels[i + 1], channels[i]) for i in range(len(channels) - 1)
         )
 
     def _check(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feats = list(features)
         if len(feats) != len(self.channels):
             raise ValueError(f"features must hold {len(self.channels)} levels, got {len(feats)}")
-        for l, (f, c) in enumerate(zip(feats, self.channels)):
+        for i, (f, c) in enumerate(zip(feats, self.channels, strict=False)):
             if f.dim() != 5 or f.shape[1] != c:
-                raise ValueError(f"features[{l}] must have shape [B, {c}, D, H, W], got {list(f.shape)}")
+                raise ValueError(f"features[{i}] must have shape [B, {c}, D, H, W], got {list(f.shape)}")
         return feats
 
     def top_down(
@@ -173,12 +173,12 @@ class BidirectionalPyramid3d(nn.Module):
         outs: list[torch.Tensor] = [feats[0]] * n
         gates: list[torch.Tensor] = [feats[0]] * n
         x = feats[-1]
-        for l in range(n - 1, -1, -1):
-            if l < n - 1:
-                x = feats[l] + _resize(self.up[l](outs[l + 1]), feats[l].shape[2:])
+        for i in range(n - 1, -1, -1):
+            if i < n - 1:
+                x = feats[i] + _resize(self.up[i](outs[i + 1]), feats[i].shape[2:])
             if return_gates:
-                gates[l] = self.attention[l].spatial_gate(x)
-            outs[l] = self.attention[l](x)
+                gates[i] = self.attention[i].spatial_gate(x)
+            outs[i] = self.attention[i](x)
         return (outs, gates) if return_gates else outs
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -195,6 +195,6 @@ class BidirectionalPyramid3d(nn.Module):
         """
         outs = self.top_down(features)
         fused = [outs[0]]
-        for l in range(len(outs) - 1):
-            fused.append(self.fuse[l](outs[l + 1], fused[l]))
+        for i in range(len(outs) - 1):
+            fused.append(self.fuse[i](outs[i + 1], fused[i]))
         return fused

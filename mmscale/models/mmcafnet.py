@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from typing import IO, Any
 
@@ -381,7 +381,7 @@ class MMCAFNet(nn.Module):
             list[torch.Tensor]: fused pyramid levels, finest first.
         """
         feats = self.backbone(volume)
-        feats = [norm(f) for norm, f in zip(self.neck_norm, feats)]
+        feats = [norm(f) for norm, f in zip(self.neck_norm, feats, strict=False)]
         return self.pyramid(feats)
 
     def spatial_attention_maps(self, volume: torch.Tensor) -> list[torch.Tensor]:
@@ -399,7 +399,7 @@ class MMCAFNet(nn.Module):
         """
         self._check_volume(volume)
         feats = self.backbone(volume)
-        feats = [norm(f) for norm, f in zip(self.neck_norm, feats)]
+        feats = [norm(f) for norm, f in zip(self.neck_norm, feats, strict=False)]
         _, gates = self.pyramid.top_down(feats, return_gates=True)
         return gates
 

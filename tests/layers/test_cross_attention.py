@@ -149,7 +149,7 @@ def test_matmul_pooling_equals_adaptive_avg_pool():
 
 def _levels(b, chans, sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, c, *s, generator=g) for c, s in zip(chans, sizes)]
+    return [torch.randn(b, c, *s, generator=g) for c, s in zip(chans, sizes, strict=False)]
 
 
 @settings(max_examples=12, deadline=None)

@@ -13,7 +13,7 @@ from mmscale.layers import BidirectionalPyramid3d, GatedFusion3d
 
 def levels(b=2, chans=(8, 16, 32), sizes=((4, 8, 8), (2, 4, 4), (1, 2, 2)), seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, c, *s, generator=g) for c, s in zip(chans, sizes)]
+    return [torch.randn(b, c, *s, generator=g) for c, s in zip(chans, sizes, strict=False)]
 
 
 def test_gated_fusion_closed_form():
@@ -40,7 +40,7 @@ def test_shapes_with_odd_sizes(b, n, d, h):
         s = tuple(-(-v // 2) for v in s)  # strided-conv sizes: odd sizes do not halve exactly
     pyr = BidirectionalPyramid3d(chans, reduction=4).eval()
     outs = pyr(levels(b, chans, sizes))
-    assert [tuple(o.shape) for o in outs] == [(b, c, *sz) for c, sz in zip(chans, sizes)]
+    assert [tuple(o.shape) for o in outs] == [(b, c, *sz) for c, sz in zip(chans, sizes, strict=False)]
 
 
 def test_top_down_structure_and_gates():
@@ -58,7 +58,7 @@ def test_top_down_structure_and_gates():
     torch.testing.assert_close(outs[2], pyr.fuse[1](p[2], outs[1]))
     p2, gates = pyr.top_down(feats, return_gates=True)
     torch.testing.assert_close(p2[0], p[0])
-    for g, f in zip(gates, feats):
+    for g, f in zip(gates, feats, strict=False):
         assert g.shape == (2, 1, *f.shape[2:]) and ((g > 0) & (g < 1)).all()
     torch.testing.assert_close(gates[2], pyr.attention[2].spatial_gate(feats[2]))
 

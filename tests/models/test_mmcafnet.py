@@ -150,7 +150,7 @@ def test_spatial_attention_maps():
     feats = model.encode_volume(vol)
     gates = model.spatial_attention_maps(vol)
     assert len(gates) == 3
-    for g, f in zip(gates, feats):
+    for g, f in zip(gates, feats, strict=False):
         assert g.shape == (3, 1, *f.shape[2:])
         assert ((g > 0) & (g < 1)).all()
 
@@ -367,7 +367,7 @@ def test_onnx_round_trip(fusion, tmp_path):
     program = torch.onnx.export(model, args, dynamo=True, verbose=False)
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=False)}
     (out,) = session.run(None, feeds)
     torch.testing.assert_close(torch.from_numpy(out), model(*args), atol=1e-4, rtol=1e-4)
 
