@@ -1,0 +1,1 @@
+"""Benchmarks and the naive baseline composition they compare against."""

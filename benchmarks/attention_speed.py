@@ -1,0 +1,264 @@
+"""Speed of E3D-MSCA: naive eager vs torch.compile vs mmscale's backends.
+
+Runs every variant on the same weights (the naive composition's state dict loaded
+into mmscale's layer), checks that the outputs agree, then times forward (eval,
+no grad) and forward+backward (train) with interleaved runs (A B C A B C ...) and
+reports medians and ratios against naive eager and against ``torch.compile``.
+
+    python benchmarks/attention_speed.py                 # reference shapes
+    python benchmarks/attention_speed.py --quick         # tiny shapes (CI smoke run)
+    python benchmarks/attention_speed.py --json out.json --backends naive,torch
+
+On CUDA it times with CUDA events after warm-up (``triton.testing.do_bench`` when
+Triton is present), reports peak memory of one training step, and adds the larger
+GPU shape and bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mmscale  # noqa: E402
+from benchmarks.naive import NaiveMultiScaleConvAttention3d  # noqa: E402
+from mmscale import MultiScaleConvAttention3d  # noqa: E402
+
+REFERENCE_SHAPES = [(2, 256, 6, 48, 48), (2, 512, 3, 24, 24), (2, 1024, 2, 12, 12)]
+GPU_SHAPES = [(8, 128, 32, 96, 96)]
+QUICK_SHAPES = [(2, 16, 3, 12, 12), (1, 24, 2, 7, 11)]
+
+
+def versions() -> dict:
+    info = {
+        "mmscale": mmscale.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    else:
+        info["device"] = platform.processor() or platform.machine()
+    return info
+
+
+def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics so that folding them is actually exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+def build_variants(channels: int, backends: list[str], device: torch.device, dtype: torch.dtype) -> dict:
+    torch.manual_seed(0)
+    naive = NaiveMultiScaleConvAttention3d(channels)
+    randomise_bn(naive)
+    naive = naive.to(device=device, dtype=dtype)
+    variants: dict[str, torch.nn.Module] = {}
+    for name in backends:
+        if name == "naive":
+            variants[name] = naive
+        elif name == "compile":
+            variants[name] = torch.compile(naive)
+        elif name in ("torch", "triton"):
+            layer = MultiScaleConvAttention3d(channels, backend=name)
+            layer.load_state_dict(naive.state_dict())
+            variants[name] = layer.to(device=device, dtype=dtype)
+        else:
+            raise ValueError(f"--backends: unknown variant {name!r} (naive, compile, torch, triton)")
+    return variants
+
+
+def make_step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, train: bool):
+    if train:
+        x = x.detach().requires_grad_()
+
+        def step():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            module(x).backward(grad)
+
+    else:
+
+        def step():
+            with torch.no_grad():
+                module(x)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(steps: dict, rounds: int, device: torch.device) -> dict[str, float]:
+    """Median milliseconds per variant, running the variants in turn each round."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def time_cuda(steps: dict) -> dict[str, float]:
+    try:
+        from triton.testing import do_bench
+    except Exception:
+        do_bench = None
+    out = {}
+    for name, step in steps.items():
+        if do_bench is not None:
+            out[name] = float(do_bench(step, warmup=25, rep=100))
+        else:
+            out[name] = time_interleaved({name: step}, 20, torch.device("cuda"))[name]
+    return out
+
+
+def peak_memory_mb(step, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def check_agreement(variants: dict, x: torch.Tensor) -> float:
+    """Largest relative difference of any variant's eval output from naive eager's."""
+    outs = {}
+    with torch.no_grad():
+        for name, m in variants.items():
+            m.eval()
+            outs[name] = m(x).float()
+    ref = outs.get("naive", next(iter(outs.values())))
+    scale = ref.abs().max().item() or 1.0
+    return max((o - ref).abs().max().item() / scale for o in outs.values())
+
+
+def run(args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    backends = args.backends.split(",") if args.backends else None
+    if backends is None:
+        backends = ["naive", "torch"] if args.quick else ["naive", "compile", "torch"]
+        if device.type == "cuda":
+            backends.append("triton")
+    shapes = QUICK_SHAPES if args.quick else REFERENCE_SHAPES + (GPU_SHAPES if device.type == "cuda" else [])
+    if args.shape:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" and not args.quick else [])
+    rounds = args.rounds or (3 if args.quick else 5)
+    info = versions()
+    print(f"mmscale {info['mmscale']}  torch {info['torch']}  triton {info['triton']}  "
+          f"device {info['device']}  threads {info['threads']}")
+    results = []
+    for shape in shapes:
+        for dtype in dtypes:
+            variants = build_variants(shape[1], backends, device, dtype)
+            gen = torch.Generator(device="cpu").manual_seed(1)
+            x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+            grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                err = check_agreement(variants, x)
+            for train in (False, True):
+                for m in variants.values():
+                    m.train(train)
+                steps = {n: make_step(m, x, grad, train) for n, m in variants.items()}
+                for step in steps.values():  # warm-up (and compilation)
+                    step()
+                if device.type == "cuda":
+                    ms = time_cuda(steps)
+                else:
+                    ms = time_interleaved(steps, rounds, device)
+                mem = {n: peak_memory_mb(s, device) for n, s in steps.items()} if train else {}
+                row = {
+                    "shape": list(shape),
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "pass": "fwd+bwd" if train else "fwd",
+                    "ms": ms,
+                    "speedup_vs_naive": {n: ms["naive"] / v for n, v in ms.items()} if "naive" in ms else {},
+                    "speedup_vs_compile": {n: ms["compile"] / v for n, v in ms.items()} if "compile" in ms else {},
+                    "peak_mem_mb": mem,
+                    "max_rel_diff": err,
+                }
+                results.append(row)
+                print_row(row)
+    return {"versions": info, "device": str(device), "rounds": rounds, "results": results}
+
+
+def print_row(row: dict) -> None:
+    shape = "x".join(map(str, row["shape"]))
+    parts = []
+    for name, ms in row["ms"].items():
+        ratio = row["speedup_vs_naive"].get(name)
+        part = f"{name} {ms:9.2f} ms"
+        if ratio is not None and name != "naive":
+            part += f" ({ratio:4.2f}x naive"
+            if row["speedup_vs_compile"] and name != "compile":
+                part += f", {row['speedup_vs_compile'][name]:4.2f}x compile"
+            part += ")"
+        parts.append(part)
+    print(f"{shape:>18} {row['dtype']:>8} {row['pass']:>7} | " + " | ".join(parts)
+          + f" | max rel diff {row['max_rel_diff']:.1e}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few rounds (CI smoke run)")
+    parser.add_argument("--backends", default=None, help="comma list of naive,compile,torch,triton")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per measurement")
+    parser.add_argument("--shape", action="append", default=None,
+                        help="B,C,D,H,W to run instead of the default shapes (repeatable)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    args = parser.parse_args(argv)
+    report = run(args)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+        print(f"wrote {path}")
+    worst = max(r["max_rel_diff"] for r in report["results"])
+    tol = 1e-2 if any(r["dtype"] != "float32" for r in report["results"]) else 1e-4
+    if worst > tol:
+        print(f"ERROR: variants disagree (max relative difference {worst:.2e} > {tol:.0e})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,610 @@
+"""3D multi-scale convolutional attention (E3D-MSCA) and its building blocks.
+
+The math is DESIGN.md section 1. Every layer keeps the parameter layout of the
+naive composition (``nn.Conv3d`` / ``nn.BatchNorm3d`` submodules, registered in the
+order the math runs), so a state dict moves one-to-one between them, while
+``forward`` computes the same function faster:
+
+* channels_last_3d throughout, so 1x1 convolutions are plain matrix products over
+  ``[B*D*H*W, C]`` rows and depthwise convolutions take oneDNN's fast path;
+* in eval mode every BatchNorm is folded into the preceding convolution;
+* the channel shuffle is folded into the projection weight (a column permutation)
+  instead of moving memory;
+* depthwise convolutions use a cheaper backward on CPU
+  (:mod:`mmscale.ops.depthwise_conv3d`) and ``1x1x1`` branches are a scale;
+* the gating passes and the multi-scale depthwise stage dispatch to fused Triton
+  kernels where available (:mod:`mmscale.ops`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmscale.layers._checks import check_volume, odd_triple, positive_int, triple
+from mmscale.ops import (
+    apply_gates,
+    gating,
+    channel_pool,
+    check_backend,
+    depthwise_conv3d,
+    multiscale_depthwise_conv3d,
+    resolve_backend,
+    spatial_pool,
+)
+
+KernelSize = int | tuple[int, int, int]
+
+_CL = torch.channels_last_3d
+
+
+def _like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Give ``out`` the memory format of ``x`` (channels_last_3d stays, else contiguous)."""
+    if x.is_contiguous(memory_format=_CL) and not x.is_contiguous():
+        return out
+    return out.contiguous()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, D, H, W] (channels_last_3d) -> [B*D*H*W, C] view, copying only if needed."""
+    x = x.contiguous(memory_format=_CL)
+    return rearrange(x, "b c d h w -> (b d h w) c")
+
+
+def _volume(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B*D*H*W, C] -> [B, C, D, H, W] channels_last_3d view with the spatial shape of ``like``."""
+    b, _, d, h, w = like.shape
+    return rearrange(rows, "(b d h w) c -> b c d h w", b=b, d=d, h=h, w=w)
+
+
+def _bn_state(bn: nn.modules.batchnorm._BatchNorm, training: bool):
+    """Mirror ``nn.BatchNorm3d.forward``'s bookkeeping; return the ``F.batch_norm`` arguments.
+
+    Returns ``(running_mean, running_var, use_batch_stats, momentum)`` and, in
+    training mode with tracked statistics, increments ``num_batches_tracked``.
+    """
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = training or (bn.running_mean is None and bn.running_var is None)
+    track = not training or bn.track_running_stats
+    rm = bn.running_mean if track else None
+    rv = bn.running_var if track else None
+    return rm, rv, use_batch_stats, momentum
+
+
+def _linear_bn(
+    rows: torch.Tensor, weight: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, training: bool
+) -> torch.Tensor:
+    """``BN(rows @ weight.T)`` with BN folded into the matrix when running statistics are used."""
+    rm, rv, use_batch_stats, momentum = _bn_state(bn, training)
+    if use_batch_stats:
+        return F.batch_norm(F.linear(rows, weight), rm, rv, bn.weight, bn.bias, True, momentum, bn.eps)
+    scale = bn.weight * torch.rsqrt(rv + bn.eps)
+    return F.linear(rows, weight * scale[:, None], bn.bias - rm * scale)
+
+
+class ChannelAttention3d(nn.Module):
+    """Channel attention: ``x * sigmoid(M(avg_DHW x) + M(max_DHW x))``.
+
+    ``M = Conv1x1(C -> r) -> ReLU -> Conv1x1(r -> C)``, both without bias, with
+    ``r = C // min(reduction, C)``.
+
+    Args:
+        channels (int): number of input channels C.
+        reduction (int): channel reduction ratio of the bottleneck MLP.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"`` for the pooling pass.
+
+    Shape:
+        x: [B, C, D, H, W] -> [B, C, D, H, W].
+
+    Raises:
+        ValueError: for a non-positive ``channels`` or ``reduction``, an unknown
+            ``backend``, or an input of the wrong shape.
+
+    Example:
+        >>> ca = ChannelAttention3d(32)
+        >>> tuple(ca(torch.randn(2, 32, 4, 8, 8)).shape)
+        (2, 32, 4, 8, 8)
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, backend: str = "auto") -> None:
+        super().__init__()
+        self.channels = positive_int(channels, "channels")
+        self.reduction = positive_int(reduction, "reduction")
+        self.backend = check_backend(backend)
+        hidden = channels // min(reduction, channels)
+        self.fc1 = nn.Conv3d(channels, hidden, 1, bias=False)
+        self.fc2 = nn.Conv3d(hidden, channels, 1, bias=False)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel gate ``g_c`` for ``x``.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: gate [B, C, 1, 1, 1] in (0, 1).
+        """
+        avg, mx = channel_pool(x, backend=self.backend)
+        w1 = self.fc1.weight.flatten(1)  # [r, C]
+        w2 = self.fc2.weight.flatten(1)  # [C, r]
+        z = F.linear(F.relu(F.linear(torch.cat([avg, mx]), w1)), w2)  # [2B, C]
+        avg_z, max_z = z.chunk(2)
+        return torch.sigmoid(avg_z + max_z)[:, :, None, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply channel attention.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: ``x * g_c``, [B, C, D, H, W].
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+        """
+        check_volume(x, self.channels)
+        return x * self.gate(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, reduction={self.reduction}, backend={self.backend!r}"
+
+
+class SpatialAttention3d(nn.Module):
+    """Spatial attention: ``x * sigmoid(Conv3d(2 -> 1, k)(cat[mean_C x, max_C x]))``.
+
+    Args:
+        kernel_size (int | tuple[int, int, int]): odd size of the gate convolution
+            (3, 5, 7, ...), or an odd ``(kd, kh, kw)``; padding is ``k // 2``.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Shape:
+        x: [B, C, D, H, W] -> [B, C, D, H, W]; the gate is [B, 1, D, H, W].
+
+    Raises:
+        ValueError: for an even or non-positive ``kernel_size``, an unknown
+            ``backend``, or an input of the wrong shape.
+
+    Example:
+        >>> sa = SpatialAttention3d(7)
+        >>> tuple(sa(torch.randn(2, 16, 3, 9, 9)).shape)
+        (2, 16, 3, 9, 9)
+    """
+
+    def __init__(self, kernel_size: KernelSize = 7, backend: str = "auto") -> None:
+        super().__init__()
+        self.kernel_size = odd_triple(kernel_size, "kernel_size")
+        self.backend = check_backend(backend)
+        self.conv = nn.Conv3d(
+            2, 1, self.kernel_size, padding=tuple(k // 2 for k in self.kernel_size), bias=False
+        )
+
+    def gate_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(conv(pooled))`` for pooled maps [B, 2, D, H, W] -> gate [B, 1, D, H, W]."""
+        return torch.sigmoid(self.conv(pooled))
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial gate ``g_s`` for ``x``.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: gate [B, 1, D, H, W] in (0, 1).
+        """
+        ones = x.new_ones(x.shape[0], x.shape[1], 1, 1, 1)
+        return self.gate_from_pooled(spatial_pool(x, ones, backend=self.backend))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply spatial attention.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: ``x * g_s``, [B, C, D, H, W].
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not a non-empty 5-D tensor.
+        """
+        check_volume(x, None)
+        return x * self.gate(x)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, backend={self.backend!r}"
+
+
+class _DepthwiseBranch(nn.Module):
+    """One branch's parameters: a depthwise ``Conv3d`` (no bias) and its ``BatchNorm3d``."""
+
+    def __init__(self, channels: int, kernel_size: tuple[int, int, int], stride: tuple[int, int, int]):
+        super().__init__()
+        self.conv = nn.Conv3d(
+            channels, channels, kernel_size, stride=stride,
+            padding=tuple(k // 2 for k in kernel_size), groups=channels, bias=False,
+        )
+        self.bn = nn.BatchNorm3d(channels)
+
+
+class MultiScaleDepthwiseConv3d(nn.Module):
+    """Parallel depthwise convolutions at several kernel sizes, each ``ReLU6(BN(DWConv))``.
+
+    Branches are summed (``combine="add"``, output C channels) or concatenated
+    (``"concat"``, output C * n channels). Kernel sizes may be anisotropic, e.g.
+    ``((1, 3, 3), (3, 5, 5))`` for thick CT slices.
+
+    Args:
+        channels (int): channels C (each branch is depthwise over them).
+        kernel_sizes (Sequence[int | tuple[int, int, int]]): one odd size per branch.
+        stride (int | tuple[int, int, int]): stride of every branch.
+        combine (str): ``"add"`` or ``"concat"``.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Shape:
+        x: [B, C, D, H, W] -> [B, C or C * n, D', H', W'] with ``D' = (D - 1) // s + 1``.
+
+    Raises:
+        ValueError: for an empty or even ``kernel_sizes``, a bad ``stride`` or
+            ``combine``, an unknown ``backend``, or an input of the wrong shape.
+
+    Example:
+        >>> msdc = MultiScaleDepthwiseConv3d(8, kernel_sizes=((1, 3, 3), 3, 5))
+        >>> tuple(msdc(torch.randn(2, 8, 3, 10, 10)).shape)
+        (2, 8, 3, 10, 10)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_sizes: Sequence[KernelSize] = (1, 3, 5),
+        stride: int | tuple[int, int, int] = 1,
+        combine: str = "add",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.channels = positive_int(channels, "channels")
+        if isinstance(kernel_sizes, (int, str)) or not isinstance(kernel_sizes, Sequence) or not kernel_sizes:
+            raise ValueError(f"kernel_sizes must be a non-empty sequence of odd sizes, got {kernel_sizes!r}")
+        self.kernel_sizes = tuple(odd_triple(k, "kernel_sizes") for k in kernel_sizes)
+        self.stride = triple(stride, "stride")
+        if combine not in ("add", "concat"):
+            raise ValueError(f"combine must be 'add' or 'concat', got {combine!r}")
+        self.combine = combine
+        self.backend = check_backend(backend)
+        self.branches = nn.ModuleList(_DepthwiseBranch(channels, k, self.stride) for k in self.kernel_sizes)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels after combining the branches."""
+        return self.channels * (len(self.branches) if self.combine == "concat" else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run every branch and combine them.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: [B, out_channels, D', H', W'].
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+        """
+        check_volume(x, self.channels)
+        return _like_input(self._run(x), x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        states = [_bn_state(b.bn, self.training) for b in self.branches]
+        return multiscale_depthwise_conv3d(
+            x,
+            [b.conv.weight for b in self.branches],
+            [b.bn.weight for b in self.branches],
+            [b.bn.bias for b in self.branches],
+            [s[0] for s in states],
+            [s[1] for s in states],
+            states[0][2],
+            states[0][3],
+            self.branches[0].bn.eps,
+            self.stride,
+            self.combine,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_sizes={self.kernel_sizes}, stride={self.stride}, "
+            f"combine={self.combine!r}, backend={self.backend!r}"
+        )
+
+
+def shuffle_permutation(channels: int, groups: int) -> list[int]:
+    """Source channel of every output channel of a channel shuffle.
+
+    The shuffle views channels as ``[groups, channels // groups]``, swaps the two
+    axes and flattens, so output channel ``j`` reads input channel ``perm[j]``.
+
+    Args:
+        channels (int): number of channels (a multiple of ``groups``).
+        groups (int): shuffle groups.
+
+    Returns:
+        list[int]: ``perm`` with ``shuffled[:, j] = x[:, perm[j]]``.
+
+    Example:
+        >>> shuffle_permutation(6, 2)
+        [0, 3, 1, 4, 2, 5]
+    """
+    per_group = channels // groups
+    return [(j % groups) * per_group + j // groups for j in range(channels)]
+
+
+class MultiScaleConvBlock3d(nn.Module):
+    """Multi-scale convolution block (MSCB) of E3D-MSCA.
+
+    ``h = ReLU6(BN(Conv1x1(x)))`` to ``E = C_in * expansion`` channels, a
+    :class:`MultiScaleDepthwiseConv3d`, a channel shuffle with
+    ``gcd(channels, C_out)`` groups, ``BN(Conv1x1(-> C_out))``, and a residual when
+    ``stride == 1`` (through a bias-free 1x1 convolution when ``C_in != C_out``).
+    The shuffle is folded into the projection weight.
+
+    Args:
+        in_channels (int): C_in.
+        out_channels (int | None): C_out (default C_in).
+        kernel_sizes (Sequence[int | tuple[int, int, int]]): depthwise kernel sizes.
+        expansion (int): expansion factor of the first 1x1 convolution.
+        stride (int | tuple[int, int, int]): depthwise stride (no residual unless 1).
+        combine (str): ``"add"`` or ``"concat"`` for the depthwise branches.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Shape:
+        x: [B, C_in, D, H, W] -> [B, C_out, D', H', W'].
+
+    Raises:
+        ValueError: for non-positive channel counts or expansion, bad kernel sizes,
+            stride or combine, an unknown ``backend``, or an input of the wrong shape.
+
+    Example:
+        >>> block = MultiScaleConvBlock3d(16, 24, kernel_sizes=(1, 3))
+        >>> tuple(block(torch.randn(2, 16, 3, 8, 8)).shape)
+        (2, 24, 3, 8, 8)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        kernel_sizes: Sequence[KernelSize] = (1, 3, 5),
+        expansion: int = 2,
+        stride: int | tuple[int, int, int] = 1,
+        combine: str = "add",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(in_channels if out_channels is None else out_channels, "out_channels")
+        self.expansion = positive_int(expansion, "expansion")
+        self.backend = check_backend(backend)
+        hidden = in_channels * expansion
+        self.expand = nn.Conv3d(in_channels, hidden, 1, bias=False)
+        self.expand_bn = nn.BatchNorm3d(hidden)
+        self.dwconv = MultiScaleDepthwiseConv3d(hidden, kernel_sizes, stride, combine, backend)
+        combined = self.dwconv.out_channels
+        self.shuffle_groups = math.gcd(combined, self.out_channels)
+        self.project = nn.Conv3d(combined, self.out_channels, 1, bias=False)
+        self.project_bn = nn.BatchNorm3d(self.out_channels)
+        self.residual = self.dwconv.stride == (1, 1, 1)
+        if self.residual and self.in_channels != self.out_channels:
+            self.shortcut = nn.Conv3d(in_channels, self.out_channels, 1, bias=False)
+        else:
+            self.shortcut = None
+        perm = shuffle_permutation(combined, self.shuffle_groups)
+        # y = W @ shuffle(z) = W[:, inverse] @ z: the shuffle becomes a column gather
+        self._unshuffle = sorted(range(combined), key=perm.__getitem__)
+        self._unshuffle_cache: dict[torch.device, torch.Tensor] = {}
+
+    def _project_weight(self) -> torch.Tensor:
+        w = self.project.weight.flatten(1)  # [C_out, combined]
+        index = self._unshuffle_cache.get(w.device)
+        if index is None:
+            index = torch.tensor(self._unshuffle, device=w.device)
+            self._unshuffle_cache[w.device] = index
+        return w.index_select(1, index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block.
+
+        Args:
+            x (torch.Tensor): volume [B, C_in, D, H, W].
+
+        Returns:
+            torch.Tensor: [B, C_out, D', H', W'].
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not [B, C_in, D, H, W].
+        """
+        check_volume(x, self.in_channels)
+        return _like_input(self._run(x), x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        # without autograd, elementwise steps run in place: fresh full-size buffers
+        # (page faults on first touch) cost as much as the arithmetic here
+        inplace = not (torch.is_grad_enabled() and (x.requires_grad or self.expand.weight.requires_grad))
+        x_rows = _rows(x)  # [B*D*H*W, C_in]
+        h = _linear_bn(x_rows, self.expand.weight.flatten(1), self.expand_bn, self.training)
+        h = F.hardtanh(h, 0.0, 6.0, inplace=inplace)
+        z = self.dwconv._run(_volume(h, x))  # [B, combined, D', H', W'] channels_last_3d
+        y = _linear_bn(_rows(z), self._project_weight(), self.project_bn, self.training)
+        if self.residual:
+            skip = x_rows if self.shortcut is None else F.linear(x_rows, self.shortcut.weight.flatten(1))
+            y = y.add_(skip) if inplace else y + skip
+        return _volume(y, z)
+
+    def extra_repr(self) -> str:
+        return f"shuffle_groups={self.shuffle_groups}, residual={self.residual}"
+
+
+class MultiScaleConvAttention3d(nn.Module):
+    """E3D-MSCA: ``MSCB(SA(CA(x)))``, the 3D multi-scale convolutional attention block.
+
+    Args:
+        channels (int): channels C (input and output).
+        kernel_sizes (Sequence[int | tuple[int, int, int]]): depthwise kernel sizes
+            of the MSCB (odd ints or odd ``(kd, kh, kw)``).
+        expansion (int): MSCB expansion factor.
+        reduction (int): channel-attention reduction ratio.
+        spatial_kernel (int | tuple[int, int, int]): spatial-attention kernel size.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`mmscale.ops`).
+        spatial_attention (SpatialAttention3d | None): an existing spatial-attention
+            layer to share (several blocks may use one gate convolution); by default
+            a new one with ``spatial_kernel``.
+
+    Shape:
+        x: [B, C, D, H, W] -> [B, C, D, H, W].
+
+    Raises:
+        ValueError: for bad sizes or backend (see the sub-layers) or an input of the
+            wrong shape.
+        TypeError: if ``spatial_attention`` is not a ``SpatialAttention3d``.
+
+    Example:
+        >>> block = MultiScaleConvAttention3d(32, kernel_sizes=(1, 3, 5))
+        >>> tuple(block(torch.randn(2, 32, 3, 12, 12)).shape)
+        (2, 32, 3, 12, 12)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_sizes: Sequence[KernelSize] = (1, 3, 5),
+        expansion: int = 2,
+        reduction: int = 16,
+        spatial_kernel: KernelSize = 7,
+        backend: str = "auto",
+        spatial_attention: SpatialAttention3d | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = positive_int(channels, "channels")
+        self.backend = check_backend(backend)
+        if spatial_attention is not None and not isinstance(spatial_attention, SpatialAttention3d):
+            raise TypeError(
+                f"spatial_attention must be a SpatialAttention3d, got {type(spatial_attention).__name__}"
+            )
+        self.ca = ChannelAttention3d(channels, reduction, backend)
+        self.sa = spatial_attention if spatial_attention is not None else SpatialAttention3d(spatial_kernel, backend)
+        self.mscb = MultiScaleConvBlock3d(channels, channels, kernel_sizes, expansion, 1, "add", backend)
+
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g_c = self.ca.gate(x)  # [B, C, 1, 1, 1]
+        g_s = self.sa.gate_from_pooled(spatial_pool(x, g_c, backend=self.backend))  # [B, 1, D, H, W]
+        return g_c, g_s
+
+    def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial-attention gate applied to ``x`` (after channel attention).
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: gate [B, 1, D, H, W] in (0, 1), for visualisation.
+
+        Raises:
+            ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+        """
+        check_volume(x, self.channels)
+        return self._gates(x.contiguous(memory_format=_CL))[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply channel attention, spatial attention and the multi-scale block.
+
+        Args:
+            x (torch.Tensor): volume [B, C, D, H, W].
+
+        Returns:
+            torch.Tensor: [B, C, D, H, W], in the memory format of ``x``.
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+        """
+        check_volume(x, self.channels)
+        xc = x.contiguous(memory_format=_CL)
+        g_c = self.ca.gate(xc)  # [B, C, 1, 1, 1]
+        if resolve_backend(self.backend, xc, op="gating", has_kernel=gating.HAS_TRITON_KERNEL) == "triton":
+            g_s = self.sa.gate_from_pooled(spatial_pool(xc, g_c, backend="triton"))
+            gated = apply_gates(xc, g_c, g_s, backend="triton")
+        else:
+            # x * g_c is needed for the channel pooling anyway: keep it and gate it again
+            gated = xc * g_c
+            pooled = torch.cat([gated.mean(1, keepdim=True), gated.amax(1, keepdim=True)], dim=1)
+            g_s = self.sa.gate_from_pooled(pooled)  # [B, 1, D, H, W]
+            gated = gated.mul_(g_s) if not torch.is_grad_enabled() else gated * g_s
+        return _like_input(self.mscb._run(gated), x)
+
+
+class UpConv3d(nn.Module):
+    """Upsampling block: trilinear x2 (align_corners=True), depthwise Conv3d(k) + BN + ReLU, Conv1x1 with bias.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        kernel_size (int | tuple[int, int, int]): odd depthwise kernel size.
+        backend (str): ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Shape:
+        x: [B, C_in, D, H, W] -> [B, C_out, 2D, 2H, 2W].
+
+    Raises:
+        ValueError: for non-positive channels, an even ``kernel_size``, an unknown
+            ``backend``, or an input of the wrong shape.
+
+    Example:
+        >>> up = UpConv3d(16, 8)
+        >>> tuple(up(torch.randn(1, 16, 2, 6, 6)).shape)
+        (1, 8, 4, 12, 12)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: KernelSize = 3, backend: str = "auto"):
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.kernel_size = odd_triple(kernel_size, "kernel_size")
+        self.backend = check_backend(backend)
+        padding = tuple(k // 2 for k in self.kernel_size)
+        self.dwconv = nn.Conv3d(in_channels, in_channels, self.kernel_size, padding=padding,
+                                groups=in_channels, bias=False)
+        self.bn = nn.BatchNorm3d(in_channels)
+        self.pointwise = nn.Conv3d(in_channels, out_channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upsample by 2 and convolve.
+
+        Args:
+            x (torch.Tensor): volume [B, C_in, D, H, W].
+
+        Returns:
+            torch.Tensor: [B, C_out, 2D, 2H, 2W].
+
+        Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
+            ValueError: if ``x`` is not [B, C_in, D, H, W].
+        """
+        check_volume(x, self.in_channels)
+        up = F.interpolate(x.contiguous(memory_format=_CL), scale_factor=2, mode="trilinear", align_corners=True)
+        z = depthwise_conv3d(up, self.dwconv.weight, (1, 1, 1), self.dwconv.padding)
+        rm, rv, use_batch_stats, momentum = _bn_state(self.bn, self.training)
+        z = F.relu(F.batch_norm(z, rm, rv, self.bn.weight, self.bn.bias, use_batch_stats, momentum, self.bn.eps))
+        y = F.linear(_rows(z), self.pointwise.weight.flatten(1), self.pointwise.bias)
+        return _like_input(_volume(y, z), x)

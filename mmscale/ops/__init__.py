@@ -1,0 +1,26 @@
+"""Functional ops. Each op folder holds ``reference.py`` (plain PyTorch), Triton
+kernels where they exist, and the dispatching function in ``__init__.py``."""
+
+from mmscale.ops._dispatch import (
+    check_backend,
+    requested_backend,
+    resolve_backend,
+    triton_available,
+    triton_interpret,
+)
+from mmscale.ops.depthwise_conv3d import depthwise_conv3d
+from mmscale.ops.gating import apply_gates, channel_pool, spatial_pool
+from mmscale.ops.msdc import multiscale_depthwise_conv3d
+
+__all__ = [
+    "apply_gates",
+    "channel_pool",
+    "check_backend",
+    "depthwise_conv3d",
+    "multiscale_depthwise_conv3d",
+    "requested_backend",
+    "resolve_backend",
+    "spatial_pool",
+    "triton_available",
+    "triton_interpret",
+]

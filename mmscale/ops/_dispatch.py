@@ -1,0 +1,192 @@
+"""Backend selection shared by every op.
+
+Order (DESIGN.md section 2): an explicit ``backend=`` on the layer, else the
+``MMSCALE_BACKEND`` environment variable, else ``"auto"``: Triton for CUDA tensors
+when Triton imports, PyTorch otherwise. An explicit ``"triton"`` request that cannot
+be honoured falls back to PyTorch with one warning per op, or raises when
+``MMSCALE_STRICT=1``. With ``TRITON_INTERPRET=1`` set before Triton is imported, the
+kernels run on CPU tensors through Triton's interpreter (that is how they are tested
+without a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+_warned: set[str] = set()
+
+
+def check_backend(backend: str) -> str:
+    """Validate a ``backend=`` argument.
+
+    Args:
+        backend (str): one of ``"auto"``, ``"torch"``, ``"triton"``.
+
+    Returns:
+        str: the same string.
+
+    Raises:
+        ValueError: if ``backend`` is not one of the three names.
+
+    Example:
+        >>> check_backend("torch")
+        'torch'
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether ``import triton`` succeeds (cached).
+
+    Returns:
+        bool: True when Triton can be imported.
+
+    Example:
+        >>> isinstance(triton_available(), bool)
+        True
+    """
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising something else
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    """Whether Triton's CPU interpreter is enabled (``TRITON_INTERPRET=1``).
+
+    Returns:
+        bool: True when kernels may run on CPU tensors through the interpreter.
+
+    Example:
+        >>> isinstance(triton_interpret(), bool)
+        True
+    """
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def strict() -> bool:
+    """Whether ``MMSCALE_STRICT=1`` turns backend fallbacks into errors.
+
+    Returns:
+        bool: True in strict mode.
+
+    Example:
+        >>> isinstance(strict(), bool)
+        True
+    """
+    return os.environ.get("MMSCALE_STRICT", "0") == "1"
+
+
+def requested_backend(backend: str = "auto") -> str:
+    """The backend asked for: the explicit argument, else ``MMSCALE_BACKEND``.
+
+    Args:
+        backend (str): the layer's ``backend=`` argument.
+
+    Returns:
+        str: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Raises:
+        ValueError: if the argument or ``MMSCALE_BACKEND`` names no backend.
+
+    Example:
+        >>> requested_backend("torch")
+        'torch'
+    """
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    env = os.environ.get("MMSCALE_BACKEND", "auto").strip().lower() or "auto"
+    if env not in BACKENDS:
+        raise ValueError(f"MMSCALE_BACKEND must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
+def triton_unavailable_reason(x: torch.Tensor, has_kernel: bool = True) -> str | None:
+    """Why the Triton kernels cannot run on ``x``, or None when they can.
+
+    Args:
+        x (torch.Tensor): the op's main input.
+        has_kernel (bool): whether the op has Triton kernels at all.
+
+    Returns:
+        str | None: a human-readable reason, or None.
+
+    Example:
+        >>> triton_unavailable_reason(torch.zeros(1), has_kernel=False)
+        'this op has no Triton kernel'
+    """
+    if not has_kernel:
+        return "this op has no Triton kernel"
+    if not triton_available():
+        return "triton is not installed"
+    if x.is_cuda:
+        return None
+    if x.device.type == "cpu" and triton_interpret():
+        return None
+    return f"tensors on {x.device.type!r} need CUDA (or TRITON_INTERPRET=1 for CPU tensors)"
+
+
+def resolve_backend(backend: str, x: torch.Tensor, op: str, has_kernel: bool = True) -> str:
+    """Pick the implementation that runs: ``"torch"`` or ``"triton"``.
+
+    Args:
+        backend (str): the layer's ``backend=`` argument (``"auto"`` defers to
+            ``MMSCALE_BACKEND``).
+        x (torch.Tensor): the op's main input (its device decides ``"auto"``).
+        op (str): the op's name, used in the fallback warning.
+        has_kernel (bool): whether the op has Triton kernels.
+
+    Returns:
+        str: ``"torch"`` or ``"triton"``.
+
+    Raises:
+        ValueError: for an unknown backend name.
+        RuntimeError: when ``"triton"`` was requested explicitly, cannot run and
+            ``MMSCALE_STRICT=1``.
+
+    Example:
+        >>> resolve_backend("torch", torch.zeros(1), op="demo")
+        'torch'
+    """
+    wanted = requested_backend(backend)
+    if wanted == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(x, has_kernel)
+    if wanted == "auto":
+        return "triton" if reason is None and x.is_cuda else "torch"
+    if reason is None:
+        return "triton"
+    message = f"mmscale: {op}: backend='triton' requested but {reason}; using the PyTorch path"
+    if strict():
+        raise RuntimeError(message + " (MMSCALE_STRICT=1 makes this an error)")
+    if op not in _warned:
+        _warned.add(op)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+def cpu_autocast_enabled() -> bool:
+    """Whether CPU autocast is active (works across torch versions).
+
+    Returns:
+        bool: True inside ``torch.autocast("cpu")``.
+
+    Example:
+        >>> cpu_autocast_enabled()
+        False
+    """
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()

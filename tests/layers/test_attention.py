@@ -1,0 +1,302 @@
+"""E3D-MSCA layers against the naive composition on the same weights."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.naive import (
+    NaiveChannelAttention3d,
+    NaiveMultiScaleConvAttention3d,
+    NaiveMultiScaleConvBlock3d,
+    NaiveMultiScaleDepthwiseConv3d,
+    NaiveSpatialAttention3d,
+    NaiveUpConv3d,
+)
+from mmscale import (
+    ChannelAttention3d,
+    MultiScaleConvAttention3d,
+    MultiScaleConvBlock3d,
+    MultiScaleDepthwiseConv3d,
+    SpatialAttention3d,
+    UpConv3d,
+)
+from tests.helpers import assert_close, assert_same_buffers, assert_same_grads, randomise_bn, run_pair
+
+# (naive class, mmscale class, constructor kwargs, input channels)
+CASES = {
+    "ca": (NaiveChannelAttention3d, ChannelAttention3d, dict(channels=20, reduction=16), 20),
+    "ca_c1": (NaiveChannelAttention3d, ChannelAttention3d, dict(channels=1), 1),
+    "sa": (NaiveSpatialAttention3d, SpatialAttention3d, dict(kernel_size=5), 3),
+    "sa_aniso": (NaiveSpatialAttention3d, SpatialAttention3d, dict(kernel_size=(1, 3, 5)), 4),
+    "msdc": (NaiveMultiScaleDepthwiseConv3d, MultiScaleDepthwiseConv3d, dict(channels=6), 6),
+    "msdc_aniso_concat": (
+        NaiveMultiScaleDepthwiseConv3d,
+        MultiScaleDepthwiseConv3d,
+        dict(channels=5, kernel_sizes=((1, 3, 3), (3, 5, 5)), combine="concat"),
+        5,
+    ),
+    "msdc_stride2": (
+        NaiveMultiScaleDepthwiseConv3d, MultiScaleDepthwiseConv3d, dict(channels=3, kernel_sizes=(1, 3), stride=2), 3,
+    ),
+    "mscb": (NaiveMultiScaleConvBlock3d, MultiScaleConvBlock3d, dict(in_channels=8), 8),
+    "mscb_out": (
+        NaiveMultiScaleConvBlock3d, MultiScaleConvBlock3d, dict(in_channels=6, out_channels=9, kernel_sizes=(3, 5)), 6,
+    ),
+    "mscb_concat_stride": (
+        NaiveMultiScaleConvBlock3d,
+        MultiScaleConvBlock3d,
+        dict(in_channels=4, out_channels=6, kernel_sizes=(1, (1, 3, 3)), combine="concat", stride=(1, 2, 2)),
+        4,
+    ),
+    "msca": (NaiveMultiScaleConvAttention3d, MultiScaleConvAttention3d, dict(channels=16), 16),
+    "msca_c3_aniso": (
+        NaiveMultiScaleConvAttention3d,
+        MultiScaleConvAttention3d,
+        dict(channels=3, kernel_sizes=((1, 3, 3), 3, (3, 5, 5)), reduction=4, spatial_kernel=3),
+        3,
+    ),
+    "upconv": (NaiveUpConv3d, UpConv3d, dict(in_channels=6, out_channels=4), 6),
+}
+
+SHAPES = [(2, 3, 7, 11), (1, 1, 5, 5), (3, 2, 1, 13)]  # (B, D, H, W): D = 1, primes, batch 1
+
+
+def make_pair(name, dtype=torch.float64):
+    naive_cls, cls, kwargs, channels = CASES[name]
+    reference = naive_cls(**kwargs)
+    randomise_bn(reference)
+    candidate = cls(**kwargs, backend="torch") if cls is not SpatialAttention3d else cls(**kwargs, backend="torch")
+    candidate.load_state_dict(reference.state_dict())
+    return reference.to(dtype), candidate.to(dtype), channels
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_naive_composition(name, shape, train, dtype):
+    reference, candidate, channels = make_pair(name, dtype)
+    b, d, h, w = shape
+    x = torch.randn(b, channels, d, h, w, dtype=dtype)
+    ya, yb, gxa, gxb = run_pair(reference, candidate, x, train)
+    assert yb.shape == ya.shape
+    assert_close(yb, ya, msg="output")
+    assert_close(gxb, gxa, msg="input gradient")
+    assert_same_grads(reference, candidate)
+    assert_same_buffers(reference, candidate)
+
+
+def test_running_stats_update_like_batchnorm_over_several_steps():
+    reference, candidate, channels = make_pair("msca", torch.float64)
+    for bn in [m for m in list(reference.modules()) + list(candidate.modules()) if isinstance(m, torch.nn.BatchNorm3d)]:
+        bn.momentum = None  # cumulative average: depends on num_batches_tracked
+    for step in range(3):
+        x = torch.randn(2, channels, 2, 5, 5, dtype=torch.float64)
+        run_pair(reference, candidate, x, train=True, seed=step)
+    assert_same_buffers(reference, candidate)
+    assert int(candidate.mscb.expand_bn.num_batches_tracked) == 3
+
+
+@given(
+    channels=st.integers(1, 5),
+    b=st.integers(1, 2),
+    d=st.integers(1, 4),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    expansion=st.integers(1, 3),
+    reduction=st.sampled_from([1, 2, 16]),
+    kernels=st.sampled_from([(1, 3, 5), (3,), ((1, 3, 3), (3, 1, 5)), (5, 1)]),
+    train=st.booleans(),
+)
+def test_property_any_shape_matches_naive(channels, b, d, h, w, expansion, reduction, kernels, train):
+    reference = NaiveMultiScaleConvAttention3d(channels, kernels, expansion, reduction, spatial_kernel=3)
+    randomise_bn(reference)
+    candidate = MultiScaleConvAttention3d(channels, kernels, expansion, reduction, spatial_kernel=3, backend="torch")
+    candidate.load_state_dict(reference.state_dict())
+    reference.double()
+    candidate.double()
+    x = torch.randn(b, channels, d, h, w, dtype=torch.float64)
+    if train and b * d * h * w == 1:
+        return  # BatchNorm cannot normalise a single value per channel; nn.BatchNorm3d raises too
+    ya, yb, gxa, gxb = run_pair(reference, candidate, x, train)
+    assert_close(yb, ya)
+    assert_close(gxb, gxa)
+    assert_same_grads(reference, candidate)
+
+
+def test_gradcheck_float64():
+    layer = MultiScaleConvAttention3d(3, kernel_sizes=(1, (1, 3, 3), 3), reduction=2, spatial_kernel=3,
+                                      backend="torch").double()
+    randomise_bn(layer)
+    x = torch.randn(2, 3, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        layer.train(train)
+        assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_block_with_stride_and_concat():
+    layer = MultiScaleConvBlock3d(2, 3, kernel_sizes=(1, 3), stride=2, combine="concat", backend="torch").double()
+    randomise_bn(layer)
+    x = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_memory_formats_and_non_contiguous_inputs(train):
+    layer = MultiScaleConvAttention3d(8, backend="torch").train(train)
+    base = torch.randn(2, 8, 3, 9, 10)
+    expected = layer(base)
+    cl = base.contiguous(memory_format=torch.channels_last_3d)
+    out_cl = layer(cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last_3d)
+    assert_close(out_cl, expected, torch.float32)
+    strided = torch.randn(2, 8, 3, 9, 20)[..., ::2]  # non-contiguous view
+    assert not strided.is_contiguous()
+    assert_close(layer(strided), layer(strided.contiguous()), torch.float32)
+    permuted = base.permute(0, 1, 2, 4, 3)  # transposed H/W view
+    assert_close(layer(permuted), layer(permuted.contiguous()), torch.float32)
+    assert expected.is_contiguous()
+
+
+def test_cpu_autocast_bfloat16():
+    layer = MultiScaleConvAttention3d(8, backend="torch")
+    randomise_bn(layer)
+    x = torch.randn(2, 8, 2, 6, 6)
+    for train in (False, True):
+        layer.train(train)
+        expected = layer(x).detach()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x.requires_grad_())
+        assert out.dtype in (torch.bfloat16, torch.float32)
+        assert torch.isfinite(out).all()
+        assert_close(out.float().detach(), expected, torch.bfloat16)
+        out.float().sum().backward()
+        assert torch.isfinite(x.grad).all()
+        x = x.detach()
+
+
+@pytest.mark.slow
+def test_torch_compile_smoke():
+    layer = MultiScaleConvAttention3d(4, kernel_sizes=(1, 3), backend="torch")
+    compiled = torch.compile(layer)
+    x = torch.randn(1, 4, 2, 5, 5, requires_grad=True)
+    out = compiled(x)
+    out.sum().backward()
+    assert_close(out.detach(), layer(x).detach(), torch.float32)
+    assert torch.isfinite(x.grad).all()
+
+
+def test_state_dict_round_trip_and_weights_only_load():
+    layer = MultiScaleConvAttention3d(6, kernel_sizes=((1, 3, 3), 5)).eval()
+    randomise_bn(layer)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = MultiScaleConvAttention3d(6, kernel_sizes=((1, 3, 3), 5)).eval()
+    fresh.load_state_dict(state)
+    naive = NaiveMultiScaleConvAttention3d(6, kernel_sizes=((1, 3, 3), 5)).eval()
+    naive.load_state_dict(state)
+    x = torch.randn(1, 6, 2, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+        assert_close(fresh(x), naive(x), torch.float32)
+    # the same keys, shapes and order as the naive composition: nothing extra
+    assert [(k, v.shape) for k, v in state.items()] == [(k, v.shape) for k, v in naive.state_dict().items()]
+
+
+def test_parameter_shapes_match_the_design():
+    layer = MultiScaleConvAttention3d(32, kernel_sizes=(1, 3, 5), expansion=2, reduction=16, spatial_kernel=7)
+    shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
+    assert shapes["ca.fc1.weight"] == (2, 32, 1, 1, 1)
+    assert shapes["ca.fc2.weight"] == (32, 2, 1, 1, 1)
+    assert shapes["sa.conv.weight"] == (1, 2, 7, 7, 7)
+    assert shapes["mscb.expand.weight"] == (64, 32, 1, 1, 1)
+    assert shapes["mscb.dwconv.branches.2.conv.weight"] == (64, 1, 5, 5, 5)
+    assert shapes["mscb.project.weight"] == (32, 64, 1, 1, 1)
+    assert not any("bias" in k and "bn" not in k for k in shapes)
+    assert "mscb.shortcut.weight" not in shapes
+
+
+def test_shared_spatial_attention():
+    sa = SpatialAttention3d(3)
+    a = MultiScaleConvAttention3d(8, spatial_attention=sa)
+    b = MultiScaleConvAttention3d(4, spatial_attention=sa)
+    assert a.sa is b.sa
+    gate = a.spatial_gate(torch.randn(1, 8, 2, 5, 5))
+    assert gate.shape == (1, 1, 2, 5, 5) and (gate > 0).all() and (gate < 1).all()
+    with pytest.raises(TypeError, match="spatial_attention"):
+        MultiScaleConvAttention3d(8, spatial_attention=torch.nn.Identity())
+
+
+def test_spatial_gate_is_the_gate_that_forward_applies():
+    layer = MultiScaleConvAttention3d(5, spatial_kernel=3, backend="torch").eval()
+    x = torch.randn(2, 5, 2, 6, 6)
+    expected = layer.sa.gate(layer.ca(x))
+    assert_close(layer.spatial_gate(x), expected, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda: MultiScaleConvAttention3d(8, kernel_sizes=(1, 4)), "kernel_sizes"),
+        (lambda: MultiScaleConvAttention3d(8, kernel_sizes=(0,)), "kernel_sizes"),
+        (lambda: MultiScaleConvAttention3d(8, kernel_sizes=(-3,)), "kernel_sizes"),
+        (lambda: MultiScaleConvAttention3d(8, kernel_sizes=((1, 3),)), "kernel_sizes"),
+        (lambda: MultiScaleConvAttention3d(8, kernel_sizes=()), "kernel_sizes"),
+        (lambda: MultiScaleConvAttention3d(0), "channels"),
+        (lambda: MultiScaleConvAttention3d(8, spatial_kernel=4), "kernel_size"),
+        (lambda: MultiScaleConvAttention3d(8, backend="cuda"), "backend"),
+        (lambda: ChannelAttention3d(8, reduction=0), "reduction"),
+        (lambda: SpatialAttention3d(2), "kernel_size"),
+        (lambda: MultiScaleDepthwiseConv3d(8, combine="mean"), "combine"),
+        (lambda: MultiScaleDepthwiseConv3d(8, stride=0), "stride"),
+        (lambda: MultiScaleConvBlock3d(8, expansion=0), "expansion"),
+        (lambda: MultiScaleConvBlock3d(8, out_channels=-1), "out_channels"),
+        (lambda: UpConv3d(8, 4, kernel_size=2), "kernel_size"),
+    ],
+)
+def test_bad_arguments_raise_value_error(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        (torch.randn(2, 8, 5, 5), ValueError, r"\[B, C, D, H, W\]"),
+        (torch.randn(2, 4, 2, 5, 5), ValueError, "channels"),
+        (torch.randn(0, 8, 2, 5, 5), ValueError, "empty"),
+        (torch.randn(1, 8, 0, 5, 5), ValueError, "empty"),
+        (torch.ones(1, 8, 2, 5, 5, dtype=torch.long), TypeError, "floating"),
+        ([[1.0]], TypeError, "Tensor"),
+    ],
+)
+@pytest.mark.parametrize("layer_cls", [MultiScaleConvAttention3d, ChannelAttention3d, MultiScaleConvBlock3d])
+def test_bad_inputs_raise_clear_errors(layer_cls, x, error, match):
+    layer = layer_cls(8)
+    with pytest.raises(error, match=match):
+        layer(x)
+
+
+def test_triton_request_on_cpu_falls_back_with_one_warning(monkeypatch):
+    from mmscale.ops import _dispatch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    layer = MultiScaleConvAttention3d(4, backend="triton")
+    x = torch.randn(1, 4, 2, 4, 4)
+    with pytest.warns(RuntimeWarning, match="triton"):
+        layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # warned once per op, not on every call
+    monkeypatch.setenv("MMSCALE_STRICT", "1")
+    with pytest.raises(RuntimeError, match="MMSCALE_STRICT"):
+        layer(x)
