@@ -1,0 +1,150 @@
+"""Helpers shared by mmscale's Triton kernels.
+
+Index arithmetic: every kernel turns element indices into memory offsets with
+:func:`_offset_bcs` / :func:`_offset_5d`, which widen to int64 *before* multiplying,
+so tensors above 2**31 elements address correctly. The pure-Python twins
+(:func:`offset_5d`) let tests check the formula at sizes that cannot be allocated.
+
+Layout: launchers pass every tensor's real strides (``stride_xb``, ``stride_xc``,
+``stride_xd``, ``stride_xh``, ``stride_xw``), so any memory format works; outputs are
+allocated in channels_last_3d (the layout mmscale's layers use), where the channel
+axis is contiguous and a ``[BLOCK_S, BLOCK_C]`` tile is coalesced along C.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "block_override",
+    "cdiv",
+    "empty",
+    "offset_5d",
+    "pick_block",
+    "split_spatial",
+    "torch_to_triton_ok",
+]
+
+# Test hooks (monkeypatched by tests/ops): fill every kernel output with NaN (or -1
+# for integer buffers) before the launch, so an element a kernel forgets to write
+# fails the comparison; and force block sizes ``(BLOCK_S, BLOCK_C)`` so tiny test
+# shapes still span several tiles and exercise every mask.
+POISON_OUTPUTS = False
+BLOCK_OVERRIDE: tuple[int, int] | None = None
+
+
+def empty(*shape: int, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs; poisoned when ``POISON_OUTPUTS`` is set.
+
+    Example:
+        >>> tuple(empty(2, 3, device="cpu", dtype=torch.float32).shape)
+        (2, 3)
+    """
+    out = torch.empty(*shape, device=device, dtype=dtype, memory_format=memory_format)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def block_override(block_s: int | None, block_c: int | None) -> tuple[int | None, int | None]:
+    """Explicit block sizes, else the test override, else ``(None, None)`` (pick per shape).
+
+    Example:
+        >>> block_override(32, None)
+        (32, None)
+    """
+    if block_s is None and block_c is None and BLOCK_OVERRIDE is not None:
+        return BLOCK_OVERRIDE
+    return block_s, block_c
+
+
+@triton.jit
+def _split_spatial(o_s, H, W):
+    """Flat spatial index ``s = (d * H + h) * W + w`` -> ``(d, h, w)`` (int64)."""
+    o_s = o_s.to(tl.int64)
+    i_w = o_s % W
+    i_h = (o_s // W) % H
+    i_d = o_s // (W * H)
+    return i_d, i_h, i_w
+
+
+@triton.jit
+def _offset_5d(i_b, i_c, i_d, i_h, i_w, stride_b, stride_c, stride_d, stride_h, stride_w):
+    """Memory offset of element ``[i_b, i_c, i_d, i_h, i_w]``, computed in int64."""
+    return (
+        i_b.to(tl.int64) * stride_b
+        + i_c.to(tl.int64) * stride_c
+        + i_d.to(tl.int64) * stride_d
+        + i_h.to(tl.int64) * stride_h
+        + i_w.to(tl.int64) * stride_w
+    )
+
+
+@triton.jit
+def _offset_4d(i_b, i_d, i_h, i_w, stride_b, stride_d, stride_h, stride_w):
+    """Memory offset of voxel ``[i_b, i_d, i_h, i_w]`` (no channel axis), in int64."""
+    return (
+        i_b.to(tl.int64) * stride_b
+        + i_d.to(tl.int64) * stride_d
+        + i_h.to(tl.int64) * stride_h
+        + i_w.to(tl.int64) * stride_w
+    )
+
+
+def offset_5d(i_b: int, i_c: int, i_d: int, i_h: int, i_w: int, strides: tuple[int, ...]) -> int:
+    """Python twin of the kernels' ``_offset_5d`` (exact integers), for tests.
+
+    Args:
+        i_b, i_c, i_d, i_h, i_w (int): element index.
+        strides (tuple[int, ...]): the tensor's five strides, in elements.
+
+    Returns:
+        int: the element's offset from the base pointer.
+
+    Example:
+        >>> offset_5d(1, 2, 0, 0, 3, (100, 1, 50, 10, 2))
+        108
+    """
+    return sum(i * s for i, s in zip((i_b, i_c, i_d, i_h, i_w), strides, strict=True))
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of positive integers.
+
+    Example:
+        >>> cdiv(7, 4)
+        2
+    """
+    return -(-a // b)
+
+
+def pick_block(n: int, lo: int, hi: int) -> int:
+    """Power of two covering ``n``, clamped to ``[lo, hi]`` (block size for one axis).
+
+    Example:
+        >>> pick_block(5, 4, 64), pick_block(1000, 4, 64)
+        (8, 64)
+    """
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def split_spatial(s: int, h: int, w: int) -> tuple[int, int, int]:
+    """Python twin of the kernels' ``_split_spatial``.
+
+    Example:
+        >>> split_spatial(23, 3, 4)
+        (1, 2, 3)
+    """
+    return s // (w * h), (s // w) % h, s % w
+
+
+def torch_to_triton_ok(t: torch.Tensor) -> bool:
+    """Whether the kernels accept this tensor's dtype (float32, float16, bfloat16).
+
+    Example:
+        >>> torch_to_triton_ok(torch.zeros(1)), torch_to_triton_ok(torch.zeros(1, dtype=torch.float64))
+        (True, False)
+    """
+    return t.dtype in (torch.float32, torch.float16, torch.bfloat16)
