@@ -31,7 +31,7 @@ from mmscale.data.dicom import (
     read_header,
 )
 from mmscale.data.phantom import PhantomPaths, make_phantom
-from mmscale.data.prepare import LesionDataset, PreparedData, atomic_write_bytes, cache_key, prepare
+from mmscale.data.cache import LesionDataset, PreparedData, atomic_write_bytes, cache_key, prepare
 from mmscale.data.tcia import (
     CLASS_NAMES,
     Box,

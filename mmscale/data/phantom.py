@@ -374,7 +374,6 @@ def make_phantom(
             raise ValueError(f"{name}: must be in [0, 1], got {v}")
 
     root = Path(root).expanduser()
-    rng = np.random.default_rng(seed)
     coll = root / COLLECTION
     ann_root = root / ANNOTATION_ARCHIVE / "Annotation"
     counters = {k: 0 for k in "ABEG"}
@@ -383,6 +382,9 @@ def make_phantom(
     for i in range(n_patients):
         letter = _LETTER_CYCLE[i % len(_LETTER_CYCLE)]
         counters[letter] += 1
+        # One generator per patient: a patient's pixels and values do not depend on the
+        # options (or the number) of the patients before it.
+        rng = np.random.default_rng([seed, i])
         pid = f"{letter}{counters[letter]:04d}"
         labels[pid] = letter
         a, b = _latents(rng, letter)
@@ -499,7 +501,7 @@ def make_phantom(
 
     # Corrupt files: overwrite one slice of the first patients' CT series with garbage.
     for p in first_ct_files[:corrupt_files]:
-        p.write_bytes(b"not a dicom file" + rng.bytes(64))
+        p.write_bytes(b"not a dicom file" + bytes(64))
 
     with open(root / "metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_METADATA_COLUMNS)

@@ -1,0 +1,160 @@
+"""Crops, the resumable prepare cache and the augmentation's determinism."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pydicom")
+
+import mmscale.data.cache as prep  # noqa: E402
+from mmscale.data import (  # noqa: E402
+    CropConfig,
+    CTSeries,
+    LesionDataset,
+    PETSeries,
+    PreparedData,
+    crop_volume,
+    prepare,
+    resample_pet_to_ct,
+)
+
+CROP = CropConfig(depth=4, resize=48, crop=16, margin=2)
+
+
+def _ct(d=6, h=40, w=40):
+    hu = np.full((d, h, w), -1000.0, np.float32)
+    return CTSeries(hu=hu, spacing=(2.0, 1.0, 1.0), sop_instance_uids=[str(i) for i in range(d)],
+                    z_positions=[2.0 * i for i in range(d)], origin=(0.0, 0.0, 0.0),
+                    series_instance_uid="1", patient_id="A0001")
+
+
+def test_crop_is_centred_on_the_lesion():
+    ct = _ct()
+    ct.hu[3, 10, 30] = 400.0  # one bright voxel: the "lesion"
+    cfg = CropConfig(depth=3, resize=40, crop=9, margin=0)
+    out = crop_volume(ct, (3.0, 10.0, 30.0), cfg)
+    assert out.shape == (1, 3, 9, 9)
+    assert out[0, 1, 4, 4] == 1.0 and out.sum() == 1.0
+    # Near the edge: slices repeat the edge slice, pixels beyond the image are air (0).
+    edge = crop_volume(ct, (0.0, 0.0, 0.0), cfg)
+    assert edge.shape == (1, 3, 9, 9) and edge.max() == 0.0
+
+
+def test_resize_keeps_the_centre_and_validates():
+    ct = _ct(h=40, w=40)
+    ct.hu[2, 18:22, 18:22] = 400.0
+    out = crop_volume(ct, (2.0, 19.5, 19.5), CropConfig(depth=1, resize=20, crop=4, margin=0))
+    # The block stays in the window's middle (blurred by the antialiasing filter).
+    centre = out[0, 0, 1:3, 1:3]
+    assert centre.min() == out.max() > 0.5
+    with pytest.raises(ValueError, match="crop"):
+        CropConfig(resize=32, crop=64)
+    with pytest.raises(ValueError, match="pet"):
+        crop_volume(ct, None, CropConfig(depth=1, resize=40, crop=8, pet=True), pet=np.zeros((1, 2, 2)))
+
+
+def test_pet_resampled_onto_the_ct_grid():
+    ct = _ct(d=4, h=8, w=8)
+    values = np.arange(4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
+    # PET voxels twice the CT's in-plane size; PET voxel (k, i, j) sits on CT voxel
+    # (k, 1 + 2i, 1 + 2j), and half-way between two PET voxels the CT gets their mean.
+    pet = PETSeries(values=values, spacing=(2.0, 2.0, 2.0), origin=(1.0, 1.0, 0.0), units="BQML")
+    out = resample_pet_to_ct(pet, ct)
+    assert out.shape == (4, 8, 8)
+    np.testing.assert_allclose(out[:, 1::2, 1::2], values, atol=1e-4)
+    np.testing.assert_allclose(out[:, 1, 2], (values[:, 0, 0] + values[:, 0, 1]) / 2, atol=1e-4)
+
+
+def _prepare(paths, cache, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare(paths.data_dir, cache, annotations=paths.annotations,
+                       clinical=paths.clinical, crop=CROP, progress=False, **kw)
+
+
+def test_prepare_reports_and_keeps_incomplete_patients(quirky_phantom, tmp_path):
+    with pytest.warns(UserWarning) as caught:
+        data = prepare(quirky_phantom.data_dir, tmp_path, annotations=quirky_phantom.annotations,
+                       clinical=quirky_phantom.clinical, crop=CROP, progress=False)
+    assert any("without a clinical row" in str(w.message) for w in caught)
+    assert data.volumes.shape == (8, 1, 4, 20, 20) and data.volumes.dtype == np.float16
+    assert 0.0 <= float(data.volumes.min()) and float(data.volumes.max()) <= 1.0
+    assert sorted(data.patient_ids) == sorted(quirky_phantom.labels)
+    missing = [p for p, r in zip(data.patient_ids, data.rows) if r is None]
+    assert len(missing) == 1 and missing[0] in data.report
+    assert sum(not b for b in data.has_box) == 1
+    assert "unknown T-Stage" in data.report and "unreadable DICOM" in data.report
+    assert "empty annotation folder" in data.report
+
+
+def test_prepare_resumes_after_interruption_without_half_files(phantom, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = prep.crop_volume
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "crop_volume", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(phantom, tmp_path)
+    assert not (tmp_path / "index.json").exists()
+    assert len(list((tmp_path / "crops").glob("*.npy"))) == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.setattr(prep, "crop_volume", real)
+    calls["n"] = 0
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "crop_volume", counting)
+    data = _prepare(phantom, tmp_path)
+    assert counted["n"] == 5  # only the patients not cut before
+    fresh = _prepare(phantom, tmp_path / "fresh")
+    np.testing.assert_array_equal(data.volumes, fresh.volumes)
+    # A finished cache is loaded as is, without scanning again.
+    monkeypatch.setattr("mmscale.data.tcia.scan_tcia", None)
+    again = _prepare(phantom, tmp_path)
+    assert again.patient_ids == data.patient_ids
+    info = json.loads((tmp_path / "index.json").read_text())
+    assert info["crop"]["crop"] == 16 and len(info["patients"]) == 8
+    with pytest.raises(ValueError, match="no finished cache"):
+        PreparedData.load(tmp_path / "crops")
+
+
+def test_prepare_pet_channel(phantom, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = prepare(phantom.data_dir, tmp_path, annotations=phantom.annotations,
+                       crop=CropConfig(depth=4, resize=48, crop=16, margin=2, pet=True), progress=False)
+    assert data.volumes.shape[1] == 2
+    with_pet = [float(v[1].max()) > 0 for v in data.volumes]
+    assert any(with_pet) and not all(with_pet)
+    assert all(r is None for r in data.rows)  # no clinical sheet given
+
+
+def test_dataset_augmentation_is_a_function_of_seed_and_epoch():
+    rng = np.random.default_rng(0)
+    vols = rng.random((5, 1, 4, 20, 20)).astype(np.float16)
+    ds = LesionDataset(vols, np.zeros((5, 2), np.float32), np.zeros((5, 5), np.int64),
+                       np.arange(5) % 2, crop=16, train=True, seed=7)
+    a = ds[3]["volume"]
+    ds.set_epoch(1)
+    b = ds[3]["volume"]
+    ds.set_epoch(0)
+    assert a.shape == (1, 4, 16, 16)
+    assert np.array_equal(a, ds[3]["volume"]) and not np.array_equal(a, b)
+    centre = LesionDataset(vols, np.zeros((5, 2)), np.zeros((5, 5)), np.zeros(5), crop=16)[0]["volume"]
+    np.testing.assert_array_equal(centre.numpy(), vols[0, :, :, 2:18, 2:18].astype(np.float32))
+    with pytest.raises(ValueError, match="lengths"):
+        LesionDataset(vols, np.zeros((4, 2)), np.zeros((5, 5)), np.zeros(5), crop=16)
+    with pytest.raises(ValueError, match="crop"):
+        LesionDataset(vols, np.zeros((5, 2)), np.zeros((5, 5)), np.zeros(5), crop=32)
