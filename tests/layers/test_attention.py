@@ -137,14 +137,14 @@ def test_gradcheck_float64():
     x = torch.randn(2, 3, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     for train in (True, False):
         layer.train(train)
-        assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_gradcheck_block_with_stride_and_concat():
     layer = MultiScaleConvBlock3d(2, 3, kernel_sizes=(1, 3), stride=2, combine="concat", backend="torch").double()
     randomise_bn(layer)
     x = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])

@@ -1,0 +1,64 @@
+"""Backend selection: explicit argument, MMSCALE_BACKEND, auto, fallback warnings, strict mode."""
+
+import warnings
+
+import pytest
+import torch
+
+from mmscale.ops import _dispatch
+from mmscale.ops._dispatch import check_backend, requested_backend, resolve_backend
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    monkeypatch.delenv("MMSCALE_BACKEND", raising=False)
+    monkeypatch.delenv("MMSCALE_STRICT", raising=False)
+
+
+def test_explicit_argument_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("MMSCALE_BACKEND", "triton")
+    assert requested_backend("torch") == "torch"
+    assert requested_backend("auto") == "triton"
+
+
+def test_auto_on_cpu_is_torch():
+    assert resolve_backend("auto", torch.zeros(1), op="t") == "torch"
+
+
+def test_bad_names_raise():
+    with pytest.raises(ValueError, match="backend"):
+        check_backend("cuda")
+    with pytest.raises(ValueError, match="MMSCALE_BACKEND"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MMSCALE_BACKEND", "fast")
+            requested_backend("auto")
+
+
+def test_environment_torch_forces_torch(monkeypatch):
+    monkeypatch.setenv("MMSCALE_BACKEND", "torch")
+    assert resolve_backend("auto", torch.zeros(1), op="t") == "torch"
+
+
+def test_explicit_triton_without_kernel_warns_once_then_strict_raises(monkeypatch):
+    x = torch.zeros(1)
+    with pytest.warns(RuntimeWarning, match="no Triton kernel"):
+        assert resolve_backend("triton", x, op="demo", has_kernel=False) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("triton", x, op="demo", has_kernel=False) == "torch"
+    monkeypatch.setenv("MMSCALE_STRICT", "1")
+    with pytest.raises(RuntimeError, match="MMSCALE_STRICT"):
+        resolve_backend("triton", x, op="demo", has_kernel=False)
+
+
+def test_cpu_tensor_runs_triton_only_under_the_interpreter(monkeypatch):
+    if not _dispatch.triton_available():
+        pytest.skip("triton is not installed")
+    x = torch.zeros(1)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", x, op="interp") == "triton"
+    assert resolve_backend("auto", x, op="interp") == "torch"  # auto never picks the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.warns(RuntimeWarning, match="CUDA"):
+        assert resolve_backend("triton", x, op="cpu") == "torch"
