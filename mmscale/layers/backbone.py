@@ -164,8 +164,9 @@ class PyramidBackbone3d(nn.Module):
     :class:`GroupedBottleneck3d` per entry of ``widths`` (the first block of every
     stage after the first has stride 2). Stochastic-depth drop probability rises
     linearly over all blocks from 0 to ``drop_path_rate`` (survival falls to
-    ``1 - drop_path_rate``). When ``stem_in_channels > in_channels`` the input is
-    repeated along channels (a 1-channel CT fed to a 3-channel stem, as in PENet).
+    ``1 - drop_path_rate``). When ``stem_in_channels > in_channels`` the input
+    channels are repeated cyclically to fill the stem (a 1-channel CT fed to PENet's
+    3-channel stem; CT + PET -> CT, PET, CT).
 
     Args:
         in_channels (int): channels of the input volume.
@@ -174,7 +175,7 @@ class PyramidBackbone3d(nn.Module):
         mid_widths (Sequence[int] | None): grouped-conv width per stage (default: half
             of ``widths``).
         stem_channels (int): stem output channels (paper: 64).
-        stem_in_channels (int | None): stem input channels (paper: 3); a multiple of
+        stem_in_channels (int | None): stem input channels (paper: 3), at least
             ``in_channels``. Default ``in_channels``.
         cardinality (int): groups of the 3x3x3 convs.
         se_reduction (int): squeeze-excitation ratio (0 disables SE).
@@ -225,9 +226,9 @@ class PyramidBackbone3d(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         stem_in_channels = in_channels if stem_in_channels is None else stem_in_channels
-        if stem_in_channels % in_channels:
+        if stem_in_channels < in_channels:
             raise ValueError(
-                f"stem_in_channels={stem_in_channels} must be a multiple of in_channels={in_channels}"
+                f"stem_in_channels={stem_in_channels} must be >= in_channels={in_channels}"
             )
         num_outputs = min(3, len(widths)) if num_outputs is None else num_outputs
         if not 1 <= num_outputs <= len(widths):
@@ -284,7 +285,10 @@ class PyramidBackbone3d(nn.Module):
                 f"x must have shape [B, {self.in_channels}, D, H, W], got {list(x.shape)}"
             )
         if self.stem_in_channels != self.in_channels:
-            x = x.repeat(1, self.stem_in_channels // self.in_channels, 1, 1, 1)
+            # Cycle the input channels to fill the stem (1 -> 3: CT, CT, CT; 2 -> 3:
+            # CT, PET, CT); slices + cat keep this trivially exportable.
+            c = self.in_channels
+            x = torch.cat([x[:, i % c : i % c + 1] for i in range(self.stem_in_channels)], dim=1)
         x = self.stem(x)
         outs = []
         for stage in self.stages:

@@ -92,7 +92,7 @@ class MMCAFNetConfig:
     freeze_image_encoder: bool = False
     # backbone
     stem_channels: int = 64
-    stem_in_channels: int = 3
+    stem_in_channels: int | None = None
     widths: tuple[int, ...] = (256, 512, 1024)
     depths: tuple[int, ...] = (3, 4, 6)
     mid_widths: tuple[int, ...] | None = None
@@ -170,7 +170,6 @@ class MMCAFNetConfig:
 
 _TINY = dict(
     stem_channels=16,
-    stem_in_channels=1,
     widths=(32, 64, 128),
     depths=(1, 1, 1),
     cardinality=8,
@@ -182,6 +181,7 @@ _TINY = dict(
     image_dropout=0.1,
 )
 _PAPER = dict(
+    stem_in_channels=3,
     fusion="single",
     fusion_dims=(24, 12, 6),
     num_heads=1,
@@ -384,8 +384,12 @@ class MMCAFNet(nn.Module):
         feats = [norm(f) for norm, f in zip(self.neck_norm, feats, strict=False)]
         return self.pyramid(feats)
 
+    @torch.no_grad()
     def spatial_attention_maps(self, volume: torch.Tensor) -> list[torch.Tensor]:
         """E3D-MSCA spatial gates of every pyramid level (for drawing over CT slices).
+
+        Runs without gradient. Call it in eval mode: in train mode BatchNorm would
+        use (and update) batch statistics.
 
         Args:
             volume (torch.Tensor): [B, in_channels, D, H, W].
@@ -461,7 +465,8 @@ class MMCAFNet(nn.Module):
             categorical (torch.Tensor | None): [B, len(categorical_cardinalities)]
                 integer codes, -1 = missing; None = all missing.
             volume_present (torch.Tensor | None): [B] bool, False = that sample has no
-                volume (its content is ignored). None = all present.
+                volume (its content is ignored). None = all present. Ignored when
+                ``volume`` is None.
             return_attention (bool): also return the fusion's attention weights.
 
         Returns:

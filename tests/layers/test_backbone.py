@@ -68,6 +68,16 @@ def test_channel_repeat_equals_summed_stem_weights():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_two_channel_input_fills_a_three_channel_stem():
+    torch.manual_seed(0)
+    net = PyramidBackbone3d(in_channels=2, stem_in_channels=3, **SMALL).eval()
+    ref = PyramidBackbone3d(in_channels=3, stem_in_channels=3, **SMALL).eval()
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(1, 2, 4, 16, 16)
+    for a, b in zip(net(x), ref(torch.cat([x, x[:, :1]], dim=1)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     net = PyramidBackbone3d(**SMALL, drop_path_rate=0.0)
@@ -108,7 +118,7 @@ def test_squeeze_excitation_and_block():
         (dict(widths=(16, 32), depths=(1,)), "widths and depths"),
         (dict(widths=(16,), depths=(0,)), "depths"),
         (dict(widths=(16,), depths=(1,), mid_widths=(6,), cardinality=4), "cardinality"),
-        (dict(widths=(16,), depths=(1,), cardinality=4, in_channels=2, stem_in_channels=3), "stem_in_channels"),
+        (dict(widths=(16,), depths=(1,), cardinality=4, in_channels=3, stem_in_channels=2), "stem_in_channels"),
         (dict(widths=(16,), depths=(1,), cardinality=4, num_outputs=2), "num_outputs"),
         (dict(widths=(16,), depths=(1,), cardinality=4, drop_path_rate=1.0), "drop_path_rate"),
     ],

@@ -134,6 +134,13 @@ def test_output_shapes_across_configurations(b, d, hw, classes, fusion):
     assert set(att) and all(torch.isfinite(w).all() for w in att.values())
 
 
+def test_ct_plus_pet_input_with_a_three_channel_stem():
+    model = micro(in_channels=2, stem_in_channels=3).eval()
+    vol = torch.randn(2, 2, 8, 32, 32)
+    assert model(vol, torch.randn(2, 2), None).shape == (2, 2)
+    assert model.backbone.stem[0].in_channels == 3
+
+
 def test_attention_dict_shapes_tokens():
     model = micro().eval()
     vol, num, cat = inputs()
