@@ -450,18 +450,20 @@ class MSDCFunction(torch.autograd.Function):
         running_means, running_vars = running
         y, prm, wpack = msdc_forward(h, weights, gammas, betas, running_means, running_vars,
                                      use_batch_stats, momentum, eps, concat)
-        ctx.save_for_backward(h, wpack, prm, *weights, *gammas, *betas)
-        ctx.use_batch_stats, ctx.concat, ctx.n = use_batch_stats, concat, n
+        ctx.save_for_backward(h, wpack, prm)
+        # filters are saved once, packed; the originals only lend shapes and dtypes
+        ctx.weight_meta = [torch.empty((), dtype=w.dtype).expand(w.shape) for w in weights]
+        ctx.gamma_dtypes = [g.dtype for g in gammas]
+        ctx.beta_dtypes = [b.dtype for b in betas]
+        ctx.use_batch_stats, ctx.concat = use_batch_stats, concat
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        h, wpack, prm, *params = ctx.saved_tensors
-        n = ctx.n
-        weights, gammas, betas = params[:n], params[n:2 * n], params[2 * n:]
-        dh, dws, dgammas, dbetas = msdc_backward(dy, h, weights, wpack, prm, ctx.use_batch_stats, ctx.concat)
-        dgammas = [d.to(p.dtype) for d, p in zip(dgammas, gammas, strict=True)]
-        dbetas = [d.to(p.dtype) for d, p in zip(dbetas, betas, strict=True)]
+        h, wpack, prm = ctx.saved_tensors
+        dh, dws, dgammas, dbetas = msdc_backward(dy, h, ctx.weight_meta, wpack, prm, ctx.use_batch_stats, ctx.concat)
+        dgammas = [d.to(t) for d, t in zip(dgammas, ctx.gamma_dtypes, strict=True)]
+        dbetas = [d.to(t) for d, t in zip(dbetas, ctx.beta_dtypes, strict=True)]
         return (dh, None, None, None, None, None, None, *dws, *dgammas, *dbetas)
 
 
