@@ -418,7 +418,8 @@ class MultiScaleConvBlock3d(nn.Module):
         w = self.project.weight.flatten(1)  # [C_out, combined]
         index = self._unshuffle_cache.get(w.device)
         if index is None:
-            index = torch.tensor(self._unshuffle, device=w.device)
+            with torch.inference_mode(False):  # a cached inference tensor would poison later autograd
+                index = torch.tensor(self._unshuffle, device=w.device)
             self._unshuffle_cache[w.device] = index
         return w.index_select(1, index)
 
@@ -540,14 +541,19 @@ class MultiScaleConvAttention3d(nn.Module):
             ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
         """
         check_volume(x, self.channels)
-        xc = x.contiguous(memory_format=_CL)
-        g_c = self.ca.gate(xc)  # [B, C, 1, 1, 1]
-        if resolve_backend(self.backend, xc, op="gating", has_kernel=gating.HAS_TRITON_KERNEL) == "triton":
+        if resolve_backend(self.backend, x, op="gating", has_kernel=gating.HAS_TRITON_KERNEL) == "triton":
+            xc = x.contiguous(memory_format=_CL)
+            g_c = self.ca.gate(xc)  # [B, C, 1, 1, 1]
             g_s = self.sa.gate_from_pooled(spatial_pool(xc, g_c, backend="triton"))
             gated = apply_gates(xc, g_c, g_s, backend="triton")
         else:
-            # x * g_c is needed for the channel pooling anyway: keep it and gate it again
-            gated = xc * g_c
+            g_c = self.ca.gate(x)  # [B, C, 1, 1, 1]
+            # x * g_c is needed for the spatial pooling anyway: keep it (converted to
+            # channels_last_3d in the same pass) and apply the spatial gate to it
+            if torch.is_grad_enabled() and (x.requires_grad or g_c.requires_grad):
+                gated = (x * g_c).contiguous(memory_format=_CL)
+            else:
+                gated = torch.mul(x, g_c, out=torch.empty_like(x, memory_format=_CL))
             pooled = torch.cat([gated.mean(1, keepdim=True), gated.amax(1, keepdim=True)], dim=1)
             g_s = self.sa.gate_from_pooled(pooled)  # [B, 1, D, H, W]
             gated = gated.mul_(g_s) if not torch.is_grad_enabled() else gated * g_s

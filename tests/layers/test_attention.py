@@ -300,3 +300,24 @@ def test_triton_request_on_cpu_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setenv("MMSCALE_STRICT", "1")
     with pytest.raises(RuntimeError, match="MMSCALE_STRICT"):
         layer(x)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_parameter_gradients_when_the_input_needs_none(train):
+    # the usual training step: the image does not require grad, the weights do
+    reference, candidate, channels = make_pair("msca", torch.float64)
+    reference.train(train)
+    candidate.train(train)
+    x = torch.randn(2, channels, 2, 5, 7, dtype=torch.float64)
+    reference(x).square().sum().backward()
+    candidate(x).square().sum().backward()
+    assert_same_grads(reference, candidate)
+
+
+def test_inference_mode_matches_eval_with_grad():
+    _, layer, channels = make_pair("msca", torch.float32)
+    layer.eval()
+    x = torch.randn(2, channels, 3, 6, 6)
+    with torch.inference_mode():
+        fast = layer(x)
+    assert_close(fast, layer(x.requires_grad_()).detach(), torch.float32)

@@ -135,8 +135,9 @@ def multiscale_depthwise_conv3d_torch(
             scale = g * torch.rsqrt(rv + eps)
             shift = b - rm * scale
             if w.shape[2:] == (1, 1, 1) and tuple(stride) == (1, 1, 1):
-                # h first, so the result keeps h's channels_last_3d layout
-                z = torch.mul(h, (w.flatten() * scale).view(1, -1, 1, 1, 1)).add_(shift.view(1, -1, 1, 1, 1))
+                # one pass, written straight into h's channels_last_3d layout
+                z = torch.addcmul(shift.view(1, -1, 1, 1, 1), h, (w.flatten() * scale).view(1, -1, 1, 1, 1),
+                                  out=torch.empty_like(h))
             else:
                 padding = tuple(k // 2 for k in w.shape[2:])
                 z = F.conv3d(h, w * scale.view(-1, 1, 1, 1, 1), shift, stride, padding, 1, h.shape[1])
