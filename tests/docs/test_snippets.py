@@ -20,6 +20,7 @@ is an error, so a marker cannot silently stop applying.
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 import time
@@ -147,15 +148,21 @@ def test_page_snippets_run(page: Path, tmp_path, monkeypatch):
     blocks = [b for b in python_blocks(page) if not b.skip]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
+    environ = dict(os.environ)  # snippets may set MMSCALE_* variables: undo that afterwards
     start = time.perf_counter()
-    for block in blocks:
-        try:
-            code = compile(_source(block), block.where(), "exec")
-            exec(code, namespace)
-        except Exception as err:  # noqa: BLE001 - reported with the snippet's location
-            pytest.fail(
-                f"snippet at {block.where()} failed: {type(err).__name__}: {err}\n--- code ---\n{block.code}",
-                pytrace=False,
-            )
+    try:
+        for block in blocks:
+            try:
+                code = compile(_source(block), block.where(), "exec")
+                exec(code, namespace)
+            except Exception as err:  # noqa: BLE001 - reported with the snippet's location
+                pytest.fail(
+                    f"snippet at {block.where()} failed: {type(err).__name__}: {err}\n"
+                    f"--- code ---\n{block.code}",
+                    pytrace=False,
+                )
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     elapsed = time.perf_counter() - start
     assert elapsed < _PAGE_BUDGET_S, f"{page.name}: snippets took {elapsed:.1f} s; keep them tiny"
