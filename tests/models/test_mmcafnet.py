@@ -355,7 +355,7 @@ def _export_inputs():
     return vol, num, cat
 
 
-@FUSIONS
+@pytest.mark.parametrize("fusion", ["single"])  # "tokens" goes through torch.export in the ONNX test
 def test_torch_export_matches_eager(fusion):
     model = micro(fusion).eval()
     args = _export_inputs()
@@ -371,7 +371,9 @@ def test_onnx_round_trip(fusion, tmp_path):
     model = micro(fusion).eval()
     args = _export_inputs()
     path = tmp_path / "model.onnx"
-    program = torch.onnx.export(model, args, dynamo=True, verbose=False)
+    exported = torch.export.export(model, args)
+    torch.testing.assert_close(exported.module()(*args), model(*args))
+    program = torch.onnx.export(exported, args, dynamo=True, verbose=False)
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=False)}
@@ -381,7 +383,11 @@ def test_onnx_round_trip(fusion, tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_smoke():
+    # Dynamo capture of the whole model (value checks must step aside while tracing);
+    # the "eager" backend keeps this affordable on 2 CPU cores. Inductor also works
+    # (checked by hand; its CPU compile takes minutes here).
+    torch._dynamo.reset()
     model = micro().eval()
     args = _export_inputs()
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend="eager")
     torch.testing.assert_close(compiled(*args), model(*args), atol=1e-5, rtol=1e-5)
