@@ -48,17 +48,22 @@ def main() -> int:
                gk._spatial_pool_bwd_kernel, gk._apply_gates_fwd_kernel, gk._apply_gates_bwd_kernel):
         compile_one(fn.__name__, fn, blocks)
     compile_one("_apply_gates_fwd_kernel bf16 i64", gk._apply_gates_fwd_kernel, blocks, "*bf16", "i64")
-    br = {}
-    for i, k in enumerate([(1, 1, 1), (3, 3, 3), (5, 5, 5), (1, 3, 3)]):
-        br.update({f"K{i}D": k[0], f"K{i}H": k[1], f"K{i}W": k[2], f"OFF{i}": 0})
-    for nb, concat in ((3, False), (4, True)):
-        common = dict(br, NB=nb, KDM=5, KHM=5, KWM=5, **blocks)
-        for mode in range(4):
-            compile_one(f"_msdc_fwd_kernel mode={mode} nb={nb}", mk._msdc_fwd_kernel,
-                        dict(common, MODE=mode, CONCAT=concat))
-        compile_one(f"_msdc_bwd_dx_kernel nb={nb}", mk._msdc_bwd_dx_kernel, common)
-    compile_one("_msdc_fwd_kernel bf16 i64", mk._msdc_fwd_kernel,
-                dict(br, NB=3, KDM=5, KHM=5, KWM=5, MODE=1, CONCAT=False, **blocks), "*bf16", "i64")
+    def branches(ks):
+        out = {}
+        for i in range(4):
+            k = ks[i] if i < len(ks) else (1, 1, 1)
+            out.update({f"K{i}D": k[0], f"K{i}H": k[1], f"K{i}W": k[2], f"OFF{i}": 0})
+        kmax = [max(k[j] for k in ks) for j in range(3)]
+        return dict(out, NB=len(ks), KDM=kmax[0], KHM=kmax[1], KWM=kmax[2], **blocks)
+
+    two = branches([(1, 1, 1), (3, 3, 3)])
+    four = branches([(1, 1, 1), (3, 3, 3), (1, 1, 3), (3, 1, 1)])
+    for mode in range(4):
+        compile_one(f"_msdc_fwd_kernel mode={mode} (1,3)", mk._msdc_fwd_kernel, dict(two, MODE=mode, CONCAT=False))
+    compile_one("_msdc_fwd_kernel mode=3 4 branches concat", mk._msdc_fwd_kernel, dict(four, MODE=3, CONCAT=True))
+    compile_one("_msdc_fwd_kernel mode=1 bf16 i64", mk._msdc_fwd_kernel, dict(two, MODE=1, CONCAT=False),
+                "*bf16", "i64")
+    compile_one("_msdc_bwd_dx_kernel 4 branches", mk._msdc_bwd_dx_kernel, four)
     compile_one("_msdc_bwd_dw_kernel", mk._msdc_bwd_dw_kernel, blocks)
     return 0
 

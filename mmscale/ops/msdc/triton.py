@@ -72,13 +72,15 @@ def _msdc_epilogue(b_z, b_y, K: tl.constexpr, MODE: tl.constexpr, CONCAT: tl.con
                    o_c, m_c, m_s, o_y, stride_yc, o_dz, o_st, E, T, BSE):
     """Per-branch tail of ``_msdc_fwd_kernel`` for branch K, given its conv output ``b_z``."""
     m_x = m_s[:, None] & m_c[None, :]
-    PSTRIDE = NB * T * E  # distance between the two statistics in ``pstat``
+    o_kst = tl.full([], K, tl.int64) * T * E + o_st  # branch K's row in ``pstat`` [2, NB, T, E]
+    o_q1 = tl.full([], NB, tl.int64) * T * E  # distance between the two statistics
+    o_kc = tl.full([], K, tl.int64) * E * stride_yc  # branch K's channel block in a concat output
     if MODE == 0:
         b_n = tl.sum(m_s.to(tl.float32), axis=0)
         b_mean = tl.sum(tl.where(m_x, b_z, 0.0), axis=0) / b_n
         b_dev = tl.where(m_x, b_z - b_mean[None, :], 0.0)
-        tl.store(pstat_ptr + K * T * E + o_st, b_mean, mask=m_c)
-        tl.store(pstat_ptr + PSTRIDE + K * T * E + o_st, tl.sum(b_dev * b_dev, axis=0), mask=m_c)
+        tl.store(pstat_ptr + o_kst, b_mean, mask=m_c)
+        tl.store(pstat_ptr + o_q1 + o_kst, tl.sum(b_dev * b_dev, axis=0), mask=m_c)
     else:
         # [BLOCK_C] per-channel BN scale and shift of branch K
         b_scale = tl.load(prm_ptr + (0 * NB + K) * E + o_c, mask=m_c, other=0.0)
@@ -87,13 +89,13 @@ def _msdc_epilogue(b_z, b_y, K: tl.constexpr, MODE: tl.constexpr, CONCAT: tl.con
         if MODE == 1:
             b_a = tl.minimum(tl.maximum(b_u, 0.0), 6.0)
             if CONCAT:
-                tl.store(out_ptr + o_y + K * E * stride_yc, b_a.to(out_ptr.dtype.element_ty), mask=m_x)
+                tl.store(out_ptr + o_y + o_kc, b_a.to(out_ptr.dtype.element_ty), mask=m_x)
             else:
                 b_y += b_a
         else:
             o_k = o_y
             if CONCAT:
-                o_k = o_y + K * E * stride_yc
+                o_k = o_y + o_kc
             # [BLOCK_S, BLOCK_C] gradient reaching branch K's activation
             b_dy = tl.load(dy_ptr + o_k, mask=m_x, other=0.0).to(tl.float32)
             b_du = tl.where(m_x & (b_u > 0.0) & (b_u < 6.0), b_dy, 0.0)
@@ -101,13 +103,13 @@ def _msdc_epilogue(b_z, b_y, K: tl.constexpr, MODE: tl.constexpr, CONCAT: tl.con
             b_mean = tl.load(prm_ptr + (2 * NB + K) * E + o_c, mask=m_c, other=0.0)
             b_rstd = tl.load(prm_ptr + (3 * NB + K) * E + o_c, mask=m_c, other=0.0)
             b_zhat = (b_z - b_mean[None, :]) * b_rstd[None, :]
-            tl.store(pstat_ptr + K * T * E + o_st, tl.sum(b_du, axis=0), mask=m_c)
-            tl.store(pstat_ptr + PSTRIDE + K * T * E + o_st, tl.sum(b_du * b_zhat, axis=0), mask=m_c)
+            tl.store(pstat_ptr + o_kst, tl.sum(b_du, axis=0), mask=m_c)
+            tl.store(pstat_ptr + o_q1 + o_kst, tl.sum(b_du * b_zhat, axis=0), mask=m_c)
             if MODE == 3:
                 b_c1 = tl.load(prm_ptr + (4 * NB + K) * E + o_c, mask=m_c, other=0.0)
                 b_c0 = tl.load(prm_ptr + (5 * NB + K) * E + o_c, mask=m_c, other=0.0)
                 b_dz = b_du * b_scale[None, :] + b_z * b_c1[None, :] + b_c0[None, :]
-                tl.store(out_ptr + K * BSE + o_dz, b_dz, mask=m_x)
+                tl.store(out_ptr + tl.full([], K, tl.int64) * BSE + o_dz, b_dz, mask=m_x)
     return b_y
 
 
@@ -190,7 +192,7 @@ def _msdc_dx_tap(b_acc, dz_ptr, w_ptr, o_dz, o_t, m_t, o_c, m_c, E, BSE,
         # [BLOCK_C]
         b_w = tl.load(w_ptr + TAP * E + o_c, mask=m_c, other=0.0)
         # [BLOCK_S, BLOCK_C] gradient of branch K's conv output at p - tap
-        b_g = tl.load(dz_ptr + K * BSE + o_dz - o_t, mask=m_t, other=0.0)
+        b_g = tl.load(dz_ptr + tl.full([], K, tl.int64) * BSE + o_dz - o_t, mask=m_t, other=0.0)
         b_acc += b_g * b_w[None, :]
     return b_acc
 
