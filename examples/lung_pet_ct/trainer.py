@@ -287,7 +287,7 @@ class Split:
 def task_patients(data: PreparedData, classes: Sequence[str]) -> tuple[list[str], list[int]]:
     """Patients of the task's classes and their label indices."""
     ids, ys = [], []
-    for pid, letter in zip(data.patient_ids, data.labels):
+    for pid, letter in zip(data.patient_ids, data.labels, strict=True):
         if letter in classes:
             ids.append(pid)
             ys.append(classes.index(letter))
@@ -306,7 +306,7 @@ def make_splits(ids: Sequence[str], labels: Sequence[int], cfg: TrainConfig) -> 
     counts = np.bincount(labels, minlength=len(cfg.classes))
     need = max(cfg.folds, 3)
     if counts.min() < need:
-        raise ValueError(f"task: class counts {dict(zip(cfg.classes, counts.tolist()))} are too "
+        raise ValueError(f"task: class counts {dict(zip(cfg.classes, counts.tolist(), strict=True))} are too "
                          f"small to stratify train/val/test into {cfg.folds} fold(s) (need >= {need})")
     if cfg.folds == 1:
         rest, test = train_test_split(np.arange(len(ids)), test_size=cfg.test_fraction,
@@ -545,7 +545,7 @@ def plot_attention(model: MMCAFNet, volumes: torch.Tensor, ids: Sequence[str], o
         d = volumes.shape[2]
         picks = np.linspace(d * 0.25, d * 0.75, 4).round().astype(int).clip(0, d - 1)
         fig, axes = plt.subplots(1, len(picks), figsize=(2.4 * len(picks), 2.6))
-        for ax, k in zip(axes, picks):
+        for ax, k in zip(axes, picks, strict=True):
             ax.imshow(volumes[n, 0, k].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.imshow(gates[n, 0, k].cpu().numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1)
             ax.set_title(f"slice {k}", fontsize=8)
@@ -735,7 +735,7 @@ def write_report(folder: Path, labels, probs, ids, classes, metrics: dict, title
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / "metrics.json", json.dumps(_jsonable(metrics), indent=2).encode())
     lines = ["patient_id,label," + ",".join(f"p_{c}" for c in classes)]
-    for pid, y, p in zip(ids, labels, probs):
+    for pid, y, p in zip(ids, labels, probs, strict=True):
         lines.append(f"{pid},{classes[int(y)]}," + ",".join(f"{v:.6f}" for v in p))
     atomic_write_bytes(folder / "predictions.csv", ("\n".join(lines) + "\n").encode())
     plot_roc_confusion(np.asarray(labels), np.asarray(probs), classes, folder, title)
@@ -880,8 +880,15 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
     Raises:
         ValueError: the folder holds no or several patients, or a bad checkpoint.
     """
-    from mmscale.data import crop_volume, lesion_center, load_ct_series, load_pet_series
-    from mmscale.data import center_crop, resample_pet_to_ct, scan_tcia
+    from mmscale.data import (
+        center_crop,
+        crop_volume,
+        lesion_center,
+        load_ct_series,
+        load_pet_series,
+        resample_pet_to_ct,
+        scan_tcia,
+    )
 
     state = _load_state(path)
     cfg = TrainConfig.from_dict(state["train_config"])
@@ -903,5 +910,5 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
         probs = forward(model, batch, cfg.modality, torch.device("cpu")).softmax(-1)[0].tolist()
     classes = state.get("classes") or list(cfg.classes)
     return {"patient_id": rec.patient_id,
-            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)},
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
             "predicted": classes[int(np.argmax(probs))], "lesion_centred": center is not None}

@@ -11,7 +11,14 @@ Example:
     ...                clinical=paths.clinical, crop=CropConfig(12, 128, 32))  # doctest: +SKIP
 """
 
-from mmscale.data.clinical import PAPER_FEATURES, ClinicalTable, ColumnSpec, TableSchema, read_clinical
+from mmscale.data.cache import LesionDataset, PreparedData, atomic_write_bytes, cache_key, prepare
+from mmscale.data.clinical import (
+    PAPER_FEATURES,
+    ClinicalTable,
+    ColumnSpec,
+    TableSchema,
+    read_clinical,
+)
 from mmscale.data.crops import (
     CropConfig,
     center_crop,
@@ -31,7 +38,6 @@ from mmscale.data.dicom import (
     read_header,
 )
 from mmscale.data.phantom import PhantomPaths, make_phantom
-from mmscale.data.cache import LesionDataset, PreparedData, atomic_write_bytes, cache_key, prepare
 from mmscale.data.tcia import (
     CLASS_NAMES,
     Box,

@@ -151,7 +151,7 @@ def prepare(
     *,
     annotations: str | os.PathLike | None = None,
     clinical: str | os.PathLike | None = None,
-    crop: CropConfig = CropConfig(),
+    crop: CropConfig | None = None,
     progress: bool = True,
 ) -> PreparedData:
     """Scan a download, cut one crop per patient and cache crops, table and index.
@@ -166,7 +166,7 @@ def prepare(
         cache_dir: where to write ``crops/``, ``index.json`` (created if needed).
         annotations: the annotation archive folder, or ``None`` (centre crops).
         clinical: the clinical xlsx/csv, or ``None`` (image-only).
-        crop: the :class:`CropConfig`.
+        crop: the :class:`CropConfig` (default: the paper's 12 x 208 -> 192).
         progress: show tqdm progress bars.
 
     Returns:
@@ -186,6 +186,7 @@ def prepare(
     from mmscale.data.clinical import read_clinical
     from mmscale.data.tcia import scan_tcia
 
+    crop = CropConfig() if crop is None else crop
     cache_dir = Path(cache_dir).expanduser()
     if (cache_dir / _INDEX).is_file():
         return PreparedData.load(cache_dir)

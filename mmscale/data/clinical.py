@@ -363,7 +363,7 @@ def read_clinical(
         values = [_clean_category(v) for v in raw[col]]
         known = _KNOWN_VALUES.get(col)
         if known is not None:
-            for j, (pid, v) in enumerate(zip(frame.index, values)):
+            for j, (pid, v) in enumerate(zip(frame.index, values, strict=True)):
                 if v is not None and v not in known:
                     issues.append(f"{pid}: unknown {col} value {v!r}; treated as missing")
                     values[j] = None

@@ -299,6 +299,22 @@ def _write_pet(pat, series, vol, spacing, origin, folder: Path, rng) -> None:
         series["size"] += _save(ds, folder / f"1-{k + 1:02d}.dcm", pat["explicit"])
 
 
+def _series_dir(study_dir: Path, series: dict, naming: str) -> Path:
+    """``2.000000-5mm-40805`` (descriptive) or the raw SeriesInstanceUID (classic)."""
+    if naming == "classic":
+        return study_dir / series["uid"]
+    return study_dir / f"{series['number']:.6f}-{series['description']}-{series['uid'][-5:]}"
+
+
+def _file_names(n: int, rng: np.random.Generator | None) -> list[str]:
+    """``1-01.dcm`` ... in slice order (z ascending); shuffled when ``rng`` is given."""
+    width = 2 if n < 100 else 3
+    names = [f"1-{j + 1:0{width}d}.dcm" for j in range(n)][::-1]  # 1-01 is the top slice
+    if rng is not None:
+        names = [names[j] for j in rng.permutation(n)]
+    return names
+
+
 def _xml(boxes, size: int, name: str) -> str:
     objects = "".join(_XML_OBJECT.format(name=name, x0=x0, y0=y0, x1=x1, y1=y1)
                       for x0, y0, x1, y1 in boxes)
@@ -405,19 +421,6 @@ def make_phantom(
                       if naming == "descriptive" else pat["study_uid"])
         study_dir = patient_dir / study_name
 
-        def series_dir(s):
-            if naming == "classic":
-                return study_dir / s["uid"]
-            return study_dir / f"{s['number']:.6f}-{s['description']}-{s['uid'][-5:]}"
-
-        def file_names(n):
-            width = 2 if n < 100 else 3
-            names = [f"1-{j + 1:0{width}d}.dcm" for j in range(n)]
-            names = names[::-1]  # InstanceNumber 1 (top, largest z) is 1-01
-            if shuffle_names:
-                names = [names[j] for j in rng.permutation(n)]
-            return names
-
         n_ct = 2 if rng.random() < second_ct_fraction else 1
         annotated = int(rng.integers(n_ct))
         ct_uids = None
@@ -428,10 +431,10 @@ def make_phantom(
                 "description": "5mm" if s_i == 0 else "ThoraxRoutine  8.0.0  B70f",
                 "size": 0, "count": slices, "sop_class": CT_IMAGE_STORAGE, "sop_name": "CT Image Storage",
             }
-            folder = series_dir(series)
+            folder = _series_dir(study_dir, series, naming)
             folder.mkdir(parents=True, exist_ok=True)
             recon = vol if s_i == 0 else vol + rng.normal(0, 10.0, size=vol.shape).astype(np.float32)
-            names = file_names(slices)
+            names = _file_names(slices, rng if shuffle_names else None)
             uids = _write_ct_series(pat, series, recon, spacing, origin, folder, names, slope)
             if s_i == 0:
                 first_ct_files.append(folder / names[0])
@@ -447,7 +450,7 @@ def make_phantom(
         sc = {"uid": _uid(seed, pid, "sc"), "number": 1001, "modality": "CT",
               "description": "PET-CT fused", "size": 0, "count": 3,
               "sop_class": SECONDARY_CAPTURE, "sop_name": "Secondary Capture Image Storage"}
-        sc_dir = series_dir(sc)
+        sc_dir = _series_dir(study_dir, sc, naming)
         sc_dir.mkdir(parents=True, exist_ok=True)
         sc_uids = _write_secondary_capture(pat, sc, vol, sc_dir, 3)
         all_series.append((sc, sc_dir))
@@ -455,7 +458,7 @@ def make_phantom(
             pet = {"uid": _uid(seed, pid, "pet"), "number": 4, "modality": "PT",
                    "description": "PET WB", "size": 0, "count": len(range(0, slices, 2)),
                    "sop_class": PET_IMAGE_STORAGE, "sop_name": "Positron Emission Tomography Image Storage"}
-            pet_dir = series_dir(pet)
+            pet_dir = _series_dir(study_dir, pet, naming)
             pet_dir.mkdir(parents=True, exist_ok=True)
             _write_pet(pat, pet, vol, spacing, origin, pet_dir, rng)
             all_series.append((pet, pet_dir))

@@ -7,6 +7,7 @@ names (which repeat across series) are never used as keys.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -223,6 +224,12 @@ def _patient_id_from_path(folder: Path, root: Path) -> str | None:
     return None
 
 
+def _series_rank(boxes_by_uid: dict, item: tuple) -> tuple[int, int]:
+    """Sort key of a CT series: (annotated slices, slices)."""
+    uids = {h["sop_instance_uid"] for h, _ in item[1]}
+    return (sum(u in boxes_by_uid for u in uids), len(uids))
+
+
 def scan_tcia(
     root: str | os.PathLike,
     annotations: str | os.PathLike | None = None,
@@ -284,13 +291,15 @@ def scan_tcia(
     for folder, files in folders:
         summary.files += len(files)
         first, first_i = None, 0
-        for first_i, path in enumerate(files):
+        for i, path in enumerate(files):
             try:
                 first = read_header(path)
-                break
             except Exception as err:
                 warnings.warn(f"skipping unreadable DICOM file {path!r}: {err}", stacklevel=2)
                 summary.skipped.append((path, f"unreadable DICOM: {type(err).__name__}"))
+                continue
+            first_i = i
+            break
         if first is None:
             continue
         pid = normalize_patient_id(first["patient_id"]) or _patient_id_from_path(folder, root)
@@ -353,12 +362,8 @@ def scan_tcia(
                     warnings.warn(str(err), stacklevel=2)
                     summary.skipped.append((str(xml), f"bad annotation: {err}"))
 
-        def rank(item):
-            _, members = item
-            uids = {h["sop_instance_uid"] for h, _ in members}
-            return (sum(u in boxes_by_uid for u in uids), len(uids))
-
-        series_uid, members = max(ct_series[pid].items(), key=rank)
+        series_uid, members = max(ct_series[pid].items(),
+                                  key=functools.partial(_series_rank, boxes_by_uid))
         uids = {h["sop_instance_uid"] for h, _ in members}
         boxes = [b for u in sorted(uids) for b in boxes_by_uid.get(u, [])]
         matched_xml = sum(1 for u in boxes_by_uid if u in uids)

@@ -31,7 +31,7 @@ def _copies(folder, zs, names, slope=1.0):
     base = pydicom.dcmread(CT_SMALL)
     series = generate_uid()
     uids = []
-    for z, name in zip(zs, names):
+    for z, name in zip(zs, names, strict=True):
         ds = base.copy()
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -84,7 +84,7 @@ def test_prepare_reports_and_keeps_incomplete_patients(quirky_phantom, tmp_path)
     assert data.volumes.shape == (8, 1, 4, 20, 20) and data.volumes.dtype == np.float16
     assert 0.0 <= float(data.volumes.min()) and float(data.volumes.max()) <= 1.0
     assert sorted(data.patient_ids) == sorted(quirky_phantom.labels)
-    missing = [p for p, r in zip(data.patient_ids, data.rows) if r is None]
+    missing = [p for p, r in zip(data.patient_ids, data.rows, strict=True) if r is None]
     assert len(missing) == 1 and missing[0] in data.report
     assert sum(not b for b in data.has_box) == 1
     assert "unknown T-Stage" in data.report and "unreadable DICOM" in data.report

@@ -26,7 +26,7 @@ def _assert_same_run(a, b):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     assert [h["val_auroc"] for h in a["history"]] == [h["val_auroc"] for h in b["history"]]
