@@ -22,7 +22,12 @@ def _eager() -> bool:
     Checks that read tensor values (``.any()``) would break ``torch.export``,
     ``torch.compile`` and ONNX tracing, so they only run in plain eager mode.
     """
-    if torch.compiler.is_compiling():
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_compiling", "is_exporting"):
+        check = getattr(compiler, name, None)
+        if check is not None and check():
+            return False
+    if isinstance(torch.empty(0), torch._subclasses.FakeTensor):  # fake-tensor tracing
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return False

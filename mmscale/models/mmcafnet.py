@@ -39,6 +39,7 @@ from mmscale.layers.tabular import TabularTokenizer, validate_table
 __all__ = ["MMCAFNet", "MMCAFNetConfig", "CHECKPOINT_FORMAT", "PRESETS"]
 
 CHECKPOINT_FORMAT = "mmscale.mmcafnet/1"
+"""Value of the ``"format"`` key of :meth:`MMCAFNet.checkpoint_state` dicts."""
 
 _FUSIONS = ("tokens", "single")
 
