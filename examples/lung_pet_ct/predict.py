@@ -32,17 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--clinical", help="clinical sheet; the patient's row is looked up by ID")
     g.add_argument("--row", type=json.loads, help="clinical values as JSON")
     a = p.parse_args(argv)
-    row = a.row
-    if a.clinical:
-        from mmscale.data import read_clinical, scan_tcia
-
-        patients, _ = scan_tcia(a.patient_dir)
-        table = read_clinical(a.clinical)
-        row = table.row(next(iter(patients))) if len(patients) == 1 else None
-        if row is None:
-            print(f"warning: no clinical row for {sorted(patients)}; table treated as missing",
-                  file=sys.stderr)
-    result = predict_patient(a.checkpoint, a.patient_dir, a.annotations, row)
+    result = predict_patient(a.checkpoint, a.patient_dir, a.annotations, a.row, a.clinical)
     print(json.dumps(result, indent=2))
     return result
 

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -862,7 +863,8 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", out: str |
 
 def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
                     annotations: str | os.PathLike | None = None,
-                    row: dict | None = None) -> dict[str, Any]:
+                    row: dict | None = None,
+                    clinical: str | os.PathLike | None = None) -> dict[str, Any]:
     """Class probabilities for one patient folder and clinical row.
 
     Args:
@@ -873,9 +875,12 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
             the crop is the volume's centre.
         row: clinical values by column name (``{"Sex": "M", "Age": 61, ...}``); missing
             keys are missing values. ``None``: no clinical data.
+        clinical: a clinical sheet to take the patient's row from (instead of ``row``);
+            a patient without a row gets all values missing, with a warning.
 
     Returns:
-        ``{"patient_id", "probabilities": {class: p}, "predicted", "lesion_centred"}``.
+        ``{"patient_id", "probabilities": {class: p}, "predicted", "lesion_centred",
+        "clinical_row"}``.
 
     Raises:
         ValueError: the folder holds no or several patients, or a bad checkpoint.
@@ -897,6 +902,13 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
     if len(patients) != 1:
         raise ValueError(f"patient_dir: expected one patient, found {sorted(patients)}")
     rec = next(iter(patients.values()))
+    if clinical is not None:
+        from mmscale.data import read_clinical
+
+        row = read_clinical(clinical).row(rec.patient_id)
+        if row is None:
+            warnings.warn(f"{rec.patient_id} has no row in {clinical}; clinical values missing",
+                          stacklevel=2)
     ct = load_ct_series(rec.ct_files)
     center = lesion_center(ct, rec.boxes)
     pet = resample_pet_to_ct(load_pet_series(rec.pet_files), ct) if crop.pet and rec.pet_files else None
@@ -911,4 +923,5 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
     classes = state.get("classes") or list(cfg.classes)
     return {"patient_id": rec.patient_id,
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
-            "predicted": classes[int(np.argmax(probs))], "lesion_centred": center is not None}
+            "predicted": classes[int(np.argmax(probs))], "lesion_centred": center is not None,
+            "clinical_row": row is not None}

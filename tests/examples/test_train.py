@@ -46,7 +46,7 @@ def test_evaluate_and_predict_scripts(trained, shared_dirs, tmp_path):
                       "--annotations", str(next(phantom.glob("*Annotations*"))),
                       "--clinical", str(next(phantom.glob("*.xlsx"))))
     out = json.loads(proc.stdout)
-    assert out["patient_id"] == "G0001" and out["lesion_centred"]
+    assert out["patient_id"] == "G0001" and out["lesion_centred"] and out["clinical_row"]
     assert set(out["probabilities"]) == {"A", "G"}
     assert abs(sum(out["probabilities"].values()) - 1.0) < 1e-4
 
