@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 os.environ["TRITON_INTERPRET"] = "0"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -38,8 +39,9 @@ def _signature(fn, constexprs: dict, ptr_dtype: str, int_dtype: str) -> dict:
 def compile_one(label: str, fn, constexprs: dict, ptr_dtype: str = "*fp32", int_dtype: str = "i32") -> None:
     src = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, constexprs, ptr_dtype, int_dtype),
                                     constexprs=constexprs)
+    t0 = time.perf_counter()
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
-    print(f"ok {label}: cubin {len(out.asm['cubin'])} bytes", flush=True)
+    print(f"ok {label}: cubin {len(out.asm['cubin'])} bytes, {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def main() -> int:
@@ -63,6 +65,8 @@ def main() -> int:
     compile_one("_msdc_fwd_kernel mode=3 4 branches concat", mk._msdc_fwd_kernel, dict(four, MODE=3, CONCAT=True))
     compile_one("_msdc_fwd_kernel mode=1 bf16 i64", mk._msdc_fwd_kernel, dict(two, MODE=1, CONCAT=False),
                 "*bf16", "i64")
+    iso135 = branches([(1, 1, 1), (3, 3, 3), (5, 5, 5)])
+    compile_one("_msdc_fwd_kernel mode=1 (1,3,5)", mk._msdc_fwd_kernel, dict(iso135, MODE=1, CONCAT=False))
     compile_one("_msdc_bwd_dx_kernel 4 branches", mk._msdc_bwd_dx_kernel, four)
     compile_one("_msdc_bwd_dw_kernel", mk._msdc_bwd_dw_kernel, blocks)
     return 0

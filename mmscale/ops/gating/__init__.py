@@ -8,7 +8,6 @@ kernels when mmscale is imported would freeze that choice too early.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from types import ModuleType
 
@@ -35,13 +34,17 @@ HAS_TRITON_KERNEL = importlib.util.find_spec("triton") is not None
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=1)
+_KERNELS: dict[str, ModuleType | None] = {}  # filled on first use (a plain dict: Dynamo traces it)
+
+
 def _triton_module() -> ModuleType | None:
-    try:
-        from mmscale.ops.gating import triton as kernels
-    except Exception:  # a broken Triton install: dispatch falls back (with a warning)
-        return None
-    return kernels
+    if "module" not in _KERNELS:
+        try:
+            from mmscale.ops.gating import triton as kernels
+        except Exception:  # a broken Triton install: dispatch falls back (with a warning)
+            kernels = None
+        _KERNELS["module"] = kernels
+    return _KERNELS["module"]
 
 
 def _use_triton(backend: str, op: str, *tensors: torch.Tensor) -> ModuleType | None:

@@ -13,7 +13,6 @@ gradients come back in each parameter's own dtype.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import warnings
 from collections.abc import Sequence
@@ -40,13 +39,17 @@ _MAX_BRANCHES = 4  # mirrors mmscale.ops.msdc.triton.MAX_BRANCHES without import
 _warned: set[str] = set()
 
 
-@functools.lru_cache(maxsize=1)
+_KERNELS: dict[str, ModuleType | None] = {}  # filled on first use (a plain dict: Dynamo traces it)
+
+
 def _triton_module() -> ModuleType | None:
-    try:
-        from mmscale.ops.msdc import triton as kernels
-    except Exception:  # a broken Triton install: dispatch falls back (with a warning)
-        return None
-    return kernels
+    if "module" not in _KERNELS:
+        try:
+            from mmscale.ops.msdc import triton as kernels
+        except Exception:  # a broken Triton install: dispatch falls back (with a warning)
+            kernels = None
+        _KERNELS["module"] = kernels
+    return _KERNELS["module"]
 
 
 def _unsupported(h: torch.Tensor, weights: Sequence[torch.Tensor], stride, combine: str) -> str | None:

@@ -54,15 +54,20 @@ _SCALE, _SHIFT, _MEAN, _RSTD, _C1, _C0 = range(6)
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _msdc_tap(b_acc, b_x, w_ptr, o_c, m_c, E,
-              DZ: tl.constexpr, DY: tl.constexpr, DX: tl.constexpr,
+def _msdc_tap(b_acc, b_x, w_ptr, o_c, m_c, E, DZ,
+              DY: tl.constexpr, DX: tl.constexpr,
               KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, OFF: tl.constexpr):
-    """Add one tap of one branch: ``acc += x(p + tap) * w[tap]`` when the tap is in its window."""
-    if (4 * DZ * DZ < KD * KD) & (4 * DY * DY < KH * KH) & (4 * DX * DX < KW * KW):
-        TAP: tl.constexpr = OFF + ((DZ + KD // 2) * KH + DY + KH // 2) * KW + DX + KW // 2
-        # [BLOCK_C]
-        b_w = tl.load(w_ptr + TAP * E + o_c, mask=m_c, other=0.0)
-        b_acc += b_x * b_w[None, :]
+    """Add one tap of one branch: ``acc += x(p + tap) * w[tap]`` when the tap is in its window.
+
+    The in-plane offsets (DY, DX) are constexpr and pruned at compile time; the depth
+    offset DZ is a runtime scalar (uniform over the program, so the branch is cheap).
+    """
+    if (4 * DY * DY < KH * KH) & (4 * DX * DX < KW * KW):
+        if 4 * DZ * DZ < KD * KD:
+            i_tap = OFF + ((DZ + KD // 2) * KH + DY + KH // 2) * KW + DX + KW // 2
+            # [BLOCK_C]
+            b_w = tl.load(w_ptr + i_tap * E + o_c, mask=m_c, other=0.0)
+            b_acc += b_x * b_w[None, :]
     return b_acc
 
 
@@ -138,17 +143,18 @@ def _msdc_fwd_kernel(
     b_z1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     b_z2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     b_z3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    for t_z in tl.static_range(KDM):
+    # depth taps in a runtime loop, in-plane taps unrolled: KDM times less code to compile
+    for t_z in range(KDM):
         DZ = t_z - KDM // 2
         m_d = m_s & (i_d + DZ >= 0) & (i_d + DZ < D)
+        o_z = tl.cast(DZ, tl.int64) * stride_hd
         for t_y in tl.static_range(KHM):
             DY = t_y - KHM // 2
             m_dh = m_d & (i_h + DY >= 0) & (i_h + DY < H)
             for t_x in tl.static_range(KWM):
                 DX = t_x - KWM // 2
                 m_t = m_dh & (i_w + DX >= 0) & (i_w + DX < W)
-                o_t = tl.full([], DZ, tl.int64) * stride_hd + tl.full([], DY, tl.int64) * stride_hh \
-                    + tl.full([], DX, tl.int64) * stride_hw
+                o_t = o_z + tl.cast(DY, tl.int64) * stride_hh + tl.cast(DX, tl.int64) * stride_hw
                 # [BLOCK_S, BLOCK_C] input tile shifted by the tap (zero padding outside)
                 b_x = tl.load(h_ptr + o_h + o_t, mask=m_t[:, None] & m_c[None, :], other=0.0).to(tl.float32)
                 b_z0 = _msdc_tap(b_z0, b_x, w_ptr, o_c, m_c, E, DZ, DY, DX, K0D, K0H, K0W, OFF0)
@@ -183,17 +189,18 @@ def _msdc_fwd_kernel(
 
 
 @triton.jit
-def _msdc_dx_tap(b_acc, dz_ptr, w_ptr, o_dz, o_t, m_t, o_c, m_c, E, BSE,
-                 K: tl.constexpr, DZ: tl.constexpr, DY: tl.constexpr, DX: tl.constexpr,
+def _msdc_dx_tap(b_acc, dz_ptr, w_ptr, o_dz, o_t, m_t, o_c, m_c, E, BSE, K: tl.constexpr, DZ,
+                 DY: tl.constexpr, DX: tl.constexpr,
                  KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, OFF: tl.constexpr):
-    """Add ``dz_K(p - tap) * w_K[tap]`` when the tap is in branch K's window."""
-    if (4 * DZ * DZ < KD * KD) & (4 * DY * DY < KH * KH) & (4 * DX * DX < KW * KW):
-        TAP: tl.constexpr = OFF + ((DZ + KD // 2) * KH + DY + KH // 2) * KW + DX + KW // 2
-        # [BLOCK_C]
-        b_w = tl.load(w_ptr + TAP * E + o_c, mask=m_c, other=0.0)
-        # [BLOCK_S, BLOCK_C] gradient of branch K's conv output at p - tap
-        b_g = tl.load(dz_ptr + tl.full([], K, tl.int64) * BSE + o_dz - o_t, mask=m_t, other=0.0)
-        b_acc += b_g * b_w[None, :]
+    """Add ``dz_K(p - tap) * w_K[tap]`` when the tap is in branch K's window (DZ at runtime)."""
+    if (4 * DY * DY < KH * KH) & (4 * DX * DX < KW * KW):
+        if 4 * DZ * DZ < KD * KD:
+            i_tap = OFF + ((DZ + KD // 2) * KH + DY + KH // 2) * KW + DX + KW // 2
+            # [BLOCK_C]
+            b_w = tl.load(w_ptr + i_tap * E + o_c, mask=m_c, other=0.0)
+            # [BLOCK_S, BLOCK_C] gradient of branch K's conv output at p - tap
+            b_g = tl.load(dz_ptr + tl.full([], K, tl.int64) * BSE + o_dz - o_t, mask=m_t, other=0.0)
+            b_acc += b_g * b_w[None, :]
     return b_acc
 
 
@@ -218,7 +225,7 @@ def _msdc_bwd_dx_kernel(
     o_dz = (i_b.to(tl.int64) * S + o_s[:, None]) * E + o_c[None, :]
     BSE = B.to(tl.int64) * S * E
     b_dx = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    for t_z in tl.static_range(KDM):
+    for t_z in range(KDM):  # runtime depth loop, unrolled in-plane taps (as the forward)
         DZ = t_z - KDM // 2
         m_d = m_s & (i_d - DZ >= 0) & (i_d - DZ < D)
         for t_y in tl.static_range(KHM):
@@ -227,7 +234,7 @@ def _msdc_bwd_dx_kernel(
             for t_x in tl.static_range(KWM):
                 DX = t_x - KWM // 2
                 m_t = (m_dh & (i_w - DX >= 0) & (i_w - DX < W))[:, None] & m_c[None, :]
-                o_t = ((tl.full([], DZ, tl.int64) * H + DY) * W + DX) * E
+                o_t = ((tl.cast(DZ, tl.int64) * H + DY) * W + DX) * E
                 b_dx = _msdc_dx_tap(b_dx, dz_ptr, w_ptr, o_dz, o_t, m_t, o_c, m_c, E, BSE,
                                     0, DZ, DY, DX, K0D, K0H, K0W, OFF0)
                 if NB > 1:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU acceptance run for mmscale's Triton kernels, in under 5 minutes:
+#   benchmarks/gpu_check.sh DIR
+# writes under DIR: environment.txt, copy_bandwidth.json, pytest_gpu.log (+ .xml),
+# kernel_speed.json/.log, attention_speed.json/.log and summary.txt. Every step has its
+# own time limit, so one slow step cannot eat the others' time; the exit status is
+# non-zero when a step failed or timed out (see summary.txt).
+set -uo pipefail
+
+DIR=${1:?usage: benchmarks/gpu_check.sh DIR}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+cd "$(dirname "$0")/.."
+
+export MMSCALE_TEST_DEVICE=cuda        # tests/conftest.py: leave Triton's interpreter off
+export TRITON_INTERPRET=0
+export TRITON_DEFAULT_FP_FUSION=1
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$DIR/triton_cache}"  # kernels compiled once, shared by the steps
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+status=0
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$DIR/$name.log" 2>&1
+    local rc=$?
+    echo "$name: rc=$rc ($((SECONDS - t0)) s, limit $limit s)" | tee -a "$DIR/summary.txt"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+: > "$DIR/summary.txt"
+{
+    date -u
+    nvidia-smi || true
+    python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('triton', triton.__version__); print(torch.cuda.get_device_name())"
+} > "$DIR/environment.txt" 2>&1
+
+step copy_bandwidth 40 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
+step pytest_gpu 100 python -m pytest tests/ops -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
+step kernel_speed 70 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
+step attention_speed 75 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
+    --json "$DIR/attention_speed.json"
+
+tail -n 3 "$DIR/pytest_gpu.log" >> "$DIR/summary.txt"
+cat "$DIR/summary.txt"
+exit $status
