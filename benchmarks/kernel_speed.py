@@ -14,6 +14,7 @@ For every PERFORMANCE.md reference shape, dtype (float32, bfloat16) and pass
     python benchmarks/kernel_speed.py --json out.json
     python benchmarks/kernel_speed.py --quick            # one small shape (smoke run)
     python benchmarks/kernel_speed.py --copy-only --json copy.json
+    python benchmarks/kernel_speed.py --smoke-cpu        # code paths via the interpreter
 
 On a machine without CUDA it says so and exits 0.
 """
@@ -26,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,11 +39,15 @@ REFERENCE_SHAPES = [(2, 256, 6, 48, 48), (2, 512, 3, 24, 24), (2, 1024, 2, 12, 1
 QUICK_SHAPES = [(2, 64, 4, 24, 24)]
 KERNEL_SIZES = (1, 3, 5)
 EXPANSION = 2
+# "cuda" for real runs; "cpu" only for --smoke-cpu (Triton's interpreter, code-path check, no numbers)
+DEVICE = "cuda"
 
 
 def versions() -> dict:
     import triton
 
+    if DEVICE == "cpu":
+        return {"torch": torch.__version__, "triton": triton.__version__, "device": "cpu (interpreter smoke run)"}
     return {
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -55,6 +61,10 @@ def versions() -> dict:
 
 def bench(fn) -> float:
     """Median milliseconds of ``fn`` (warm-up included, L2 flushed by do_bench)."""
+    if DEVICE == "cpu":
+        t0 = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t0)
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
@@ -62,7 +72,8 @@ def bench(fn) -> float:
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> dict:
     """Device-to-device copy bandwidth in GB/s (read + write counted)."""
-    x = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32)
+    nbytes = nbytes if DEVICE == "cuda" else 1 << 20
+    x = torch.empty(nbytes // 4, device=DEVICE, dtype=torch.float32)
     y = torch.empty_like(x)
     ms = bench(lambda: y.copy_(x))
     return {"bytes": nbytes, "ms": ms, "gb_per_s": 2 * nbytes / ms / 1e6}
@@ -71,26 +82,49 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> dict:
 def _msdc_inputs(shape, dtype, seed=0):
     b, c, d, h, w = shape
     e = c * EXPANSION
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(b, e, d, h, w, device="cuda", dtype=dtype, generator=gen)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(b, e, d, h, w, device=DEVICE, dtype=dtype, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last_3d)
     ks = [(k, k, k) for k in KERNEL_SIZES]
-    weights = [(torch.randn(e, 1, *k, device="cuda", generator=gen) / k[0] ** 1.5).to(dtype) for k in ks]
+    weights = [(torch.randn(e, 1, *k, device=DEVICE, generator=gen) / k[0] ** 1.5).to(dtype) for k in ks]
     # every parameter in the input dtype, as after ``module.to(dtype)``
-    gammas = [(torch.rand(e, device="cuda", generator=gen) + 0.5).to(dtype) for _ in ks]
-    betas = [torch.rand(e, device="cuda", generator=gen).to(dtype) for _ in ks]
-    means = [torch.zeros(e, device="cuda", dtype=dtype) for _ in ks]
-    varis = [torch.ones(e, device="cuda", dtype=dtype) for _ in ks]
+    gammas = [(torch.rand(e, device=DEVICE, generator=gen) + 0.5).to(dtype) for _ in ks]
+    betas = [torch.rand(e, device=DEVICE, generator=gen).to(dtype) for _ in ks]
+    means = [torch.zeros(e, device=DEVICE, dtype=dtype) for _ in ks]
+    varis = [torch.ones(e, device=DEVICE, dtype=dtype) for _ in ks]
     return x, weights, gammas, betas, means, varis
 
 
 def _peak_mib(step) -> float:
+    if DEVICE == "cpu":
+        step()
+        return float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     step()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _msdc_step(fn, h, ws, gs, bs, means, varis, train: bool, dy, **kw):
+    """One call of an msdc implementation (plus its backward when training)."""
+
+    def step():
+        y = fn(h, ws, gs, bs, means, varis, train, 0.1, 1e-5, **kw)
+        if train:
+            y.backward(dy)
+
+    return step
+
+
+def _gating_step(call, x, backend: str, train: bool):
+    def step():
+        out = call(x, backend)
+        if train:
+            out.backward()
+
+    return step
 
 
 def measure_msdc(shape, dtype, copy_gbs: float) -> list[dict]:
@@ -108,13 +142,10 @@ def measure_msdc(shape, dtype, copy_gbs: float) -> list[dict]:
         gs = leaves[1 + len(weights):1 + 2 * len(weights)]
         bs = leaves[1 + 2 * len(weights):]
         dy = torch.randn_like(x)
+        args = (xx, ws, gs, bs, means, varis, train, dy)
 
-        def run(fn, **kw):
-            def step():
-                y = fn(xx, ws, gs, bs, means, varis, train, 0.1, 1e-5, **kw)
-                if train:
-                    y.backward(dy)
-            return step
+        def run(fn, _args=args, **kw):
+            return _msdc_step(fn, *_args, **kw)
 
         row = {"op": "msdc", "shape": list(x.shape), "dtype": str(dtype).split(".")[-1], "pass": pss}
         variants = {
@@ -141,9 +172,9 @@ def measure_gating(shape, dtype, copy_gbs: float) -> list[dict]:
     from mmscale.ops.gating import apply_gates, channel_pool, spatial_pool
 
     b, c, d, h, w = shape
-    x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
-    gc = torch.rand(b, c, 1, 1, 1, device="cuda", dtype=dtype)
-    gs = torch.rand(b, 1, d, h, w, device="cuda", dtype=dtype)
+    x = torch.randn(shape, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    gc = torch.rand(b, c, 1, 1, 1, device=DEVICE, dtype=dtype)
+    gs = torch.rand(b, 1, d, h, w, device=DEVICE, dtype=dtype)
     elt = x.element_size()
     n, s = x.numel(), b * d * h * w
     ops = {
@@ -161,11 +192,7 @@ def measure_gating(shape, dtype, copy_gbs: float) -> list[dict]:
             xx = x.detach().requires_grad_(pss == "train")
             row = {"op": name, "shape": list(shape), "dtype": str(dtype).split(".")[-1], "pass": pss}
             for be in ("triton", "torch"):
-                def step(be=be):
-                    out = call(xx, be)
-                    if pss == "train":
-                        out.backward()
-                row[f"{be}_ms"] = bench(step)
+                row[f"{be}_ms"] = bench(_gating_step(call, xx, be, pss == "train"))
             nbytes = fwd_bytes if pss == "fwd" else train_bytes
             row["gb_per_s"] = nbytes / row["triton_ms"] / 1e6
             row["pct_copy_bw"] = 100 * row["gb_per_s"] / copy_gbs
@@ -195,8 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--ops", default="msdc,gating")
     parser.add_argument("--json", default=None, help="write results to this JSON file")
+    parser.add_argument("--smoke-cpu", action="store_true",
+                        help="run every code path once on CPU through Triton's interpreter (tiny shape, no numbers)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.smoke_cpu:
+        global DEVICE
+        DEVICE = "cpu"
+        os.environ["TRITON_INTERPRET"] = "1"
+        args.shape, args.dtypes = ["1,2,2,5,4"], "float32"
+    elif not torch.cuda.is_available():
         print("kernel_speed.py needs a CUDA device (the Triton kernels are timed on a GPU); nothing to do.")
         return 0
     os.environ.setdefault("TRITON_INTERPRET", "0")
@@ -216,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows += measure_gating(shape, dtype, copy["gb_per_s"])
                 except torch.cuda.OutOfMemoryError as exc:
                     print(f"skipped {shape} {dtype}: out of memory ({exc})", flush=True)
-                    torch.cuda.empty_cache()
+                    if DEVICE == "cuda":
+                        torch.cuda.empty_cache()
                 print_table(rows)
                 result["rows"] += rows
     if result["rows"]:
