@@ -76,7 +76,14 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def cache_key(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (paths, configs) naming a cache folder."""
+    """A short stable hash of JSON-able parts (paths, configs) naming a cache folder.
+
+    Example:
+        >>> cache_key("/data", {"crop": 192}) == cache_key("/data", {"crop": 192})
+        True
+        >>> len(cache_key("/data"))
+        16
+    """
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -95,6 +102,11 @@ class PreparedData:
         crop: the :class:`CropConfig` used.
         report: the text report of what was skipped and why.
         info: the raw index (per-patient notes, scan counts).
+
+    Example:
+        >>> data = PreparedData.load("~/.cache/mmscale/prepared/0123456789abcdef")  # doctest: +SKIP
+        >>> data.volumes.shape, data.labels[:2]  # doctest: +SKIP
+        ((320, 1, 8, 32, 32), ['A', 'A'])
     """
 
     root: Path

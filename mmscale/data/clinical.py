@@ -101,6 +101,10 @@ class ColumnSpec:
         kind: ``"numerical"`` or ``"categorical"``.
         vocabulary: categorical values in code order (code = index), fitted.
         mean, std: numerical normalisation, fitted (``(x - mean) / std``).
+
+    Example:
+        >>> ColumnSpec("T-Stage", "categorical", vocabulary=["1a", "2b"]).vocabulary.index("2b")
+        1
     """
 
     name: str
@@ -282,6 +286,12 @@ class ClinicalTable:
             strings or ``None``, numerical columns floats or NaN.
         schema: an unfitted :class:`TableSchema` for the requested features.
         issues: what was odd (unknown stage strings set to missing, bad IDs, ...).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"Sex": ["M"]}, index=pd.Index(["A0001"], name="patient_id"))
+        >>> ClinicalTable(frame, TableSchema([("Sex", "categorical")])).row("Lung_Dx-A0001")
+        {'Sex': 'M'}
     """
 
     frame: Any

@@ -41,6 +41,15 @@ class CropConfig:
         hu_min, hu_max: CT window mapped to ``[0, 1]`` (values outside are clipped).
         pet: add a PET channel resampled onto the CT grid (zeros when a patient has no
             PET series).
+
+    Raises:
+        ValueError: a non-positive size, ``crop > resize``, a negative margin, or
+            ``hu_max <= hu_min``.
+
+    Example:
+        >>> cfg = CropConfig(depth=8, resize=128, crop=24, margin=4)
+        >>> cfg.stored, cfg.channels, CropConfig().pad
+        (32, 1, 8)
     """
 
     depth: int = 12
@@ -222,6 +231,10 @@ def center_crop(x: np.ndarray | torch.Tensor, size: int):
 
     Raises:
         ValueError: ``size`` exceeds the in-plane size.
+
+    Example:
+        >>> center_crop(np.arange(16).reshape(4, 4), 2).tolist()
+        [[5, 6], [9, 10]]
     """
     h, w = x.shape[-2:]
     if size > h or size > w:
@@ -235,6 +248,10 @@ def random_crop(x: np.ndarray | torch.Tensor, size: int, rng: np.random.Generato
 
     Raises:
         ValueError: ``size`` exceeds the in-plane size.
+
+    Example:
+        >>> random_crop(np.zeros((1, 8, 8)), 4, np.random.default_rng(0)).shape
+        (1, 4, 4)
     """
     h, w = x.shape[-2:]
     if size > h or size > w:

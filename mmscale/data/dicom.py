@@ -28,8 +28,11 @@ __all__ = [
 ]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+"""SOPClassUID of CT Image Storage: the only files that make a CT volume."""
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+"""SOPClassUID of PET Image Storage (the optional PET channel)."""
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+"""SOPClassUID of Secondary Capture: the fused PET/CT images that say ``Modality=CT``."""
 
 # Header tags needed to classify a file and place its slice; reading only these keeps a
 # scan of a large download fast (the pixel data is never touched).
@@ -108,6 +111,12 @@ class CTSeries:
         patient_id: DICOM ``PatientID``.
         skipped: ``(path, reason)`` for each file left out (unreadable, other SOP
             class, duplicate position, mismatched size).
+
+    Example:
+        >>> import pydicom.data
+        >>> ct = load_ct_series([pydicom.data.get_testdata_file("CT_small.dcm")])
+        >>> ct.slice_index(ct.sop_instance_uids[0]), ct.hu.dtype
+        (0, dtype('float32'))
     """
 
     hu: np.ndarray
@@ -137,6 +146,11 @@ class PETSeries:
         origin: ``(x, y, z)`` of the first slice's first pixel (mm).
         units: the ``Units`` attribute (``"BQML"`` in the collection), ``""`` if absent.
         skipped: ``(path, reason)`` for each file left out.
+
+    Example:
+        >>> pet = PETSeries(np.zeros((2, 4, 4), np.float32), (4.0, 4.0, 4.0), (0.0, 0.0, 0.0), "BQML")
+        >>> pet.values.shape
+        (2, 4, 4)
     """
 
     values: np.ndarray

@@ -63,6 +63,11 @@ class PhantomPaths:
         clinical: the clinical xlsx (or csv).
         metadata: ``metadata.csv``.
         labels: class letter per patient ID.
+
+    Example:
+        >>> paths = make_phantom("phantom", n_patients=2, size=32, slices=4)
+        >>> paths.labels, paths.clinical.name
+        ({'A0001': 'A', 'G0001': 'G'}, 'statistics-clinical-20201221.xlsx')
     """
 
     root: Path

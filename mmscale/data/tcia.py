@@ -67,6 +67,10 @@ class Box:
     Attributes:
         sop_instance_uid: the slice it was drawn on.
         xmin, ymin, xmax, ymax: VOC box corners (pixels, inclusive as written).
+
+    Example:
+        >>> Box("1.2.3", 286.0, 310.0, 355.0, 402.0).area
+        6348.0
     """
 
     sop_instance_uid: str
@@ -94,6 +98,11 @@ class PatientRecord:
         pet_files: files of the patient's PET series, ``[]`` if none.
         boxes: boxes that fall on a slice of the chosen CT series.
         notes: what was odd about this patient (reported, never silently dropped).
+
+    Example:
+        >>> rec = PatientRecord("G0001", "G", ["1-01.dcm"], "1.2.3")
+        >>> CLASS_NAMES[rec.label]
+        'squamous cell carcinoma'
     """
 
     patient_id: str
@@ -122,6 +131,12 @@ class ScanSummary:
             chosen CT series (a third of the real archive points at Secondary Capture).
         empty_annotation_folders: annotation folders with no XML file.
         zero_area_boxes: degenerate boxes dropped.
+
+    Example:
+        >>> s = ScanSummary(files=3)
+        >>> s.skipped.append(("x/1-01.dcm", "unreadable DICOM: InvalidDicomError"))
+        >>> s.skip_reasons
+        Counter({'unreadable DICOM': 1})
     """
 
     files: int = 0
