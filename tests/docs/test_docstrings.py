@@ -51,23 +51,6 @@ MODULES = ("mmscale.layers", "mmscale.models", "mmscale.data", "mmscale.ops", "m
 KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("example", "mmscale.models.MMCAFNetConfig"): "mmscale/models/mmcafnet.py",
     ("raises", "mmscale.models.MMCAFNetConfig"): "mmscale/models/mmcafnet.py",
-    ("example", "mmscale.data.Box"): "mmscale/data/tcia.py",
-    ("example", "mmscale.data.PatientRecord"): "mmscale/data/tcia.py",
-    ("example", "mmscale.data.ScanSummary"): "mmscale/data/tcia.py",
-    ("example", "mmscale.data.CTSeries"): "mmscale/data/dicom.py",
-    ("example", "mmscale.data.PETSeries"): "mmscale/data/dicom.py",
-    ("constant", "mmscale.data.CT_IMAGE_STORAGE"): "mmscale/data/dicom.py",
-    ("constant", "mmscale.data.PET_IMAGE_STORAGE"): "mmscale/data/dicom.py",
-    ("constant", "mmscale.data.SECONDARY_CAPTURE"): "mmscale/data/dicom.py",
-    ("example", "mmscale.data.ClinicalTable"): "mmscale/data/clinical.py",
-    ("example", "mmscale.data.ColumnSpec"): "mmscale/data/clinical.py",
-    ("example", "mmscale.data.CropConfig"): "mmscale/data/crops.py",
-    ("raises", "mmscale.data.CropConfig"): "mmscale/data/crops.py",
-    ("example", "mmscale.data.center_crop"): "mmscale/data/crops.py",
-    ("example", "mmscale.data.random_crop"): "mmscale/data/crops.py",
-    ("example", "mmscale.data.PhantomPaths"): "mmscale/data/phantom.py",
-    ("example", "mmscale.data.PreparedData"): "mmscale/data/cache.py",
-    ("example", "mmscale.data.cache_key"): "mmscale/data/cache.py",
 }
 
 _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
