@@ -18,12 +18,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_MISSING = [
-    name
-    for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
-    if importlib.util.find_spec(name.split(".")[0]) is None
-    or (name == "mkdocstrings_handlers.python" and importlib.util.find_spec(name) is None)
-]
+def _missing_tools() -> list[str]:
+    missing = []
+    for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # the parent package of a dotted name is absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+_MISSING = _missing_tools()
 
 
 @pytest.mark.skipif(
