@@ -7,15 +7,8 @@ Public names are re-exported here explicitly; see ``mmscale.layers``,
 __version__ = "0.1.0"
 
 from mmscale.layers import (
-    ChannelAttention3d,
-    MultiScaleConvAttention3d,
-    MultiScaleConvBlock3d,
-    MultiScaleDepthwiseConv3d,
-    SpatialAttention3d,
-    UpConv3d,
-)
-from mmscale.layers import (
     BidirectionalPyramid3d,
+    ChannelAttention3d,
     CrossAttention,
     DropPath,
     GatedFusion3d,
@@ -23,11 +16,16 @@ from mmscale.layers import (
     GroupedBottleneck3d,
     KANEncoder,
     KANLinear,
+    MultiScaleConvAttention3d,
+    MultiScaleConvBlock3d,
     MultiScaleCrossAttention,
+    MultiScaleDepthwiseConv3d,
     PyramidBackbone3d,
     SingleTokenCrossAttentionFusion,
+    SpatialAttention3d,
     SqueezeExcitation3d,
     TabularTokenizer,
+    UpConv3d,
 )
 from mmscale.models import MMCAFNet, MMCAFNetConfig
 

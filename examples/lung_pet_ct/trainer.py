@@ -45,8 +45,8 @@ from mmscale.models import MMCAFNet
 TASKS = {"ag": ("A", "G"), "4class": ("A", "B", "E", "G")}
 MODALITIES = ("image", "table", "both")
 METRIC_KEYS = ("auroc", "acc", "f1", "specificity", "sensitivity", "ppv", "npv")
-PHANTOM_VERSION = 2
-# The phantom's slices are 128 px with lesions of 3-9 px radius: a small window around
+PHANTOM_VERSION = 3
+# The phantom's slices are 128 px with lesions of 3-10 px radius: a small window around
 # the lesion carries all the evidence and keeps the CPU demo fast.
 PHANTOM_CROP = {"depth": 8, "resize": 128, "crop": 24, "margin": 4}
 REAL_CROP = {"depth": 12, "resize": 208, "crop": 192, "margin": None}

@@ -155,7 +155,7 @@ def _add_lesion(rng, vol, lungs, a, spacing):
     """Insert an ellipsoidal lesion; returns its centre (k, y, x) and radii in voxels."""
     dz, dy, _ = spacing
     depth, size, _ = vol.shape
-    radius_mm = float(np.clip(7.0 + 1.6 * a[1] + rng.normal(0, 0.4), 3.5, 12.0))
+    radius_mm = float(np.clip(8.0 + 1.5 * a[1] + rng.normal(0, 0.4), 5.0, 13.0))
     core_hu = float(np.clip(-260.0 + 170.0 * (a[0] + rng.normal(0, 0.2)), -700.0, 150.0))
     ry, rz = radius_mm / dy, radius_mm / dz
     lung = lungs[int(rng.integers(2))]
@@ -171,7 +171,7 @@ def _add_lesion(rng, vol, lungs, a, spacing):
     kk, yy, xx = np.mgrid[0:depth, 0:size, 0:size].astype(np.float32)
     dist = np.sqrt(((kk - ck) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / ry) ** 2)
     weight = 1.0 / (1.0 + np.exp((dist - 1.0) * 6.0))  # soft edge, ~1 voxel wide
-    texture = rng.normal(0, 35.0, size=vol.shape).astype(np.float32)
+    texture = rng.normal(0, 20.0, size=vol.shape).astype(np.float32)
     vol[:] = vol * (1 - weight) + (core_hu + texture) * weight
     return (ck, cy, cx), (rz, ry)
 

@@ -29,10 +29,10 @@ from torch import nn
 from mmscale.layers._checks import check_volume, odd_triple, positive_int, triple
 from mmscale.ops import (
     apply_gates,
-    gating,
     channel_pool,
     check_backend,
     depthwise_conv3d,
+    gating,
     multiscale_depthwise_conv3d,
     resolve_backend,
     spatial_pool,
@@ -152,6 +152,8 @@ class ChannelAttention3d(nn.Module):
         Raises:
             TypeError: if ``x`` is not a floating-point tensor.
             ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+            RuntimeError: if ``backend="triton"`` cannot run here and
+                ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, self.channels)
         return x * self.gate(x)
@@ -217,6 +219,8 @@ class SpatialAttention3d(nn.Module):
         Raises:
             TypeError: if ``x`` is not a floating-point tensor.
             ValueError: if ``x`` is not a non-empty 5-D tensor.
+            RuntimeError: if ``backend="triton"`` cannot run here and
+                ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, None)
         return x * self.gate(x)
@@ -539,6 +543,8 @@ class MultiScaleConvAttention3d(nn.Module):
         Raises:
             TypeError: if ``x`` is not a floating-point tensor.
             ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
+            RuntimeError: if ``backend="triton"`` cannot run here and
+                ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, self.channels)
         if resolve_backend(self.backend, x, op="gating", has_kernel=gating.HAS_TRITON_KERNEL) == "triton":

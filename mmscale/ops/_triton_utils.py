@@ -20,7 +20,10 @@ import triton.language as tl
 __all__ = [
     "block_override",
     "cdiv",
+    "compiling",
     "empty",
+    "empty_like",
+    "has_custom_op",
     "offset_5d",
     "pick_block",
     "split_spatial",
@@ -46,6 +49,42 @@ def empty(*shape: int, device, dtype: torch.dtype, memory_format=torch.contiguou
     if POISON_OUTPUTS:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+def empty_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.empty_like`` (memory format preserved) for kernel outputs; poisoned like :func:`empty`.
+
+    Example:
+        >>> empty_like(torch.zeros(2, 3), torch.float16).dtype
+        torch.float16
+    """
+    out = torch.empty_like(x, dtype=dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def has_custom_op() -> bool:
+    """Whether ``torch.library.custom_op`` exists (torch >= 2.4): the ops are then traceable.
+
+    Example:
+        >>> isinstance(has_custom_op(), bool)
+        True
+    """
+    return hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
+
+
+def compiling() -> bool:
+    """Whether Dynamo is tracing the caller (False on torch versions without the query).
+
+    Example:
+        >>> compiling()
+        False
+    """
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:
+        return False
 
 
 def block_override(block_s: int | None, block_c: int | None) -> tuple[int | None, int | None]:

@@ -52,12 +52,15 @@ def test_evaluate_and_predict_scripts(trained, shared_dirs, tmp_path):
 
 
 def test_clear_errors(tmp_path):
+    from train import parse_args
+    from trainer import evaluate_checkpoint, run
+
     (tmp_path / "readme.txt").write_text("not dicom")
-    with pytest.raises(AssertionError, match="not a TCIA download"):
-        run_script("train.py", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
-                   "--cache-root", str(tmp_path / "c"), "--no-progress")
-    with pytest.raises(AssertionError, match="checkpoint"):
-        run_script("evaluate.py", "--checkpoint", str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="not a TCIA download"):
+        run(parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                        "--cache-root", str(tmp_path / "c"), "--no-progress"]))
+    with pytest.raises(ValueError, match="checkpoint"):
+        evaluate_checkpoint(tmp_path / "missing.pt")
 
 
 def test_compute_metrics_matches_sklearn_definitions():
@@ -115,9 +118,11 @@ def test_bad_config():
         TrainConfig(clinical="x.xlsx").validate()
 
 
-@pytest.mark.slow
 def test_table_modality_trains(shared_dirs, tmp_path):
+    from train import parse_args
+    from trainer import run
+
     phantom, cache = shared_dirs
-    run_script("train.py", *small_args(phantom, cache, tmp_path, "--modality", "table", "--epochs", "1"))
+    run(parse_args(small_args(phantom, cache, tmp_path, "--modality", "table", "--epochs", "1")))
     assert json.loads((tmp_path / "metrics.json").read_text())["modality"] == "table"
     assert not list((tmp_path / "attention").glob("*.png"))  # no image, no attention map

@@ -26,7 +26,13 @@ from mmscale import (
     SpatialAttention3d,
     UpConv3d,
 )
-from tests.helpers import assert_close, assert_same_buffers, assert_same_grads, randomise_bn, run_pair
+from tests.helpers import (
+    assert_close,
+    assert_same_buffers,
+    assert_same_grads,
+    randomise_bn,
+    run_pair,
+)
 
 # (naive class, mmscale class, constructor kwargs, input channels)
 CASES = {

@@ -1,9 +1,10 @@
 """The Triton ops under ``torch.compile`` and ``torch.autocast``.
 
-``torch.compile``: the Triton entry points are wrapped in ``torch.compiler.disable``,
-so Dynamo breaks the graph cleanly around each op and the surrounding code still
-compiles; results and gradients must equal eager mode. (The ``aot_eager`` backend is
-used so no C++ toolchain is needed on CPU.)
+``torch.compile``: under Dynamo the Triton entry points call ops registered with
+``torch.library.custom_op`` (fake and autograd implementations included), so a whole
+block compiles with ``fullgraph=True``; outputs, gradients and BN running statistics
+must equal eager mode. (The ``aot_eager`` backend is used so no C++ toolchain is
+needed on CPU.)
 
 ``torch.autocast``: the multi-scale depthwise op casts its input to the autocast
 dtype (as ``F.conv3d`` would) and returns that dtype; the gating ops are elementwise
@@ -29,31 +30,40 @@ def _msdc_args(e=3, ks=(1, 3), seed=0):
     return w, g, b, rm, rv
 
 
-def _block(x, w, g, b, rm, rv, backend):
+def _block(x, w, g, b, rm, rv, backend, train=False):
     """A small attention-like composition of all four ops, with torch code in between."""
     avg, mx = channel_pool(x, backend=backend)
     gc = torch.sigmoid(avg + mx)[:, :, None, None, None]
     pooled = spatial_pool(x, gc, backend=backend)
     gs = torch.sigmoid(pooled.sum(1, keepdim=True))
     y = apply_gates(x, gc, gs, backend=backend)
-    return multiscale_depthwise_conv3d(y, w, g, b, rm, rv, False, 0.1, 1e-5, backend=backend) * 0.5
+    return multiscale_depthwise_conv3d(y, w, g, b, rm, rv, train, 0.1, 1e-5, backend=backend) * 0.5
 
 
-def test_compile_with_graph_breaks_matches_eager(kernels_for):
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_compile_fullgraph_matches_eager(kernels_for, train):
     kernels_for("cpu", "msdc")
     kernels_for("cpu", "gating")
+    from mmscale.ops._triton_utils import has_custom_op
+
+    if not has_custom_op():
+        pytest.skip("torch.library.custom_op needs torch >= 2.4")
     torch._dynamo.reset()
     w, g, b, rm, rv = _msdc_args()
+    rm_c, rv_c = [t.clone() for t in rm], [t.clone() for t in rv]
     x = torch.randn(2, 3, 2, 4, 5).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
-    eager = _block(x, w, g, b, rm, rv, "triton")
+    eager = _block(x, w, g, b, rm, rv, "triton", train)
     grads_eager = torch.autograd.grad(eager.sum(), [x, *w, *g, *b])
-    compiled = torch.compile(_block, backend="aot_eager")(x, w, g, b, rm, rv, "triton")
+    compiled_fn = torch.compile(_block, backend="aot_eager", fullgraph=True)
+    compiled = compiled_fn(x, w, g, b, rm_c, rv_c, "triton", train)
     grads_compiled = torch.autograd.grad(compiled.sum(), [x, *w, *g, *b])
     torch.testing.assert_close(compiled, eager)
     for a, c in zip(grads_eager, grads_compiled, strict=True):
         torch.testing.assert_close(c, a)
-    reference = _block(x, w, g, b, rm, rv, "torch")
-    torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=1e-5)
+    for a, c in zip(rm + rv, rm_c + rv_c, strict=True):
+        torch.testing.assert_close(c, a)
+    if not train:
+        torch.testing.assert_close(compiled, _block(x, w, g, b, rm, rv, "torch"), atol=1e-5, rtol=1e-5)
 
 
 def test_autocast_casts_msdc_input_like_conv3d(kernels_for):

@@ -74,6 +74,9 @@ def channel_pool(x: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, 
 
     Raises:
         ValueError: for an unknown backend.
+        RuntimeError: when ``backend="triton"`` cannot run here (no Triton, a CPU
+            tensor without ``TRITON_INTERPRET=1``, an unsupported dtype) and
+            ``MMSCALE_STRICT=1``; without strict mode it warns once and falls back.
 
     Example:
         >>> avg, mx = channel_pool(torch.randn(2, 3, 1, 4, 4))
@@ -99,6 +102,9 @@ def spatial_pool(x: torch.Tensor, channel_gate: torch.Tensor, backend: str = "au
 
     Raises:
         ValueError: for an unknown backend.
+        RuntimeError: when ``backend="triton"`` cannot run here (no Triton, a CPU
+            tensor without ``TRITON_INTERPRET=1``, an unsupported dtype) and
+            ``MMSCALE_STRICT=1``; without strict mode it warns once and falls back.
 
     Example:
         >>> tuple(spatial_pool(torch.randn(1, 3, 2, 4, 4), torch.ones(1, 3, 1, 1, 1)).shape)
@@ -126,6 +132,9 @@ def apply_gates(
 
     Raises:
         ValueError: for an unknown backend.
+        RuntimeError: when ``backend="triton"`` cannot run here (no Triton, a CPU
+            tensor without ``TRITON_INTERPRET=1``, an unsupported dtype) and
+            ``MMSCALE_STRICT=1``; without strict mode it warns once and falls back.
 
     Example:
         >>> x = torch.randn(1, 3, 2, 4, 4)

@@ -274,7 +274,6 @@ def _apply_gates_bwd_kernel(
 
 # ------------------------------------------------------------------------- launchers
 _MAX_SPLITS = 64
-_CL = torch.channels_last_3d
 
 
 def _blocks(S: int, C: int, block_s: int | None, block_c: int | None) -> tuple[int, int]:
@@ -298,7 +297,8 @@ def _channel_pool_fwd(x, block_s=None, block_c=None, splits=None):
     mx = pmax.amax(1)
     cnt = torch.where(pmax == mx[:, None], pcnt, 0).sum(1).to(torch.int32)
     avg = psum.sum(1) / S
-    return avg.to(x.dtype), mx.to(x.dtype), mx, cnt
+    # fresh tensors, never views of each other (custom ops may not return aliases)
+    return avg.to(x.dtype), mx.to(x.dtype, copy=True), mx, cnt
 
 
 def _channel_pool_bwd(x, mx, cnt, davg, dmax, block_s=None, block_c=None):
@@ -315,9 +315,8 @@ def _channel_pool_bwd(x, mx, cnt, davg, dmax, block_s=None, block_c=None):
 
 
 def _empty_volume_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Kernel output shaped like ``x``: channels_last_3d when ``x`` is, else contiguous."""
-    fmt = _CL if (x.is_contiguous(memory_format=_CL) and not x.is_contiguous()) else torch.contiguous_format
-    return tu.empty(*x.shape, device=x.device, dtype=dtype, memory_format=fmt)
+    """Kernel output shaped like ``x`` in its memory format (``torch.empty_like`` rules)."""
+    return tu.empty_like(x, dtype)
 
 
 def _gate_bc(g: torch.Tensor) -> torch.Tensor:
@@ -390,6 +389,7 @@ def _apply_gates_bwd(x, gc, gs, dy, block_s=None, block_c=None):
 
 
 # -------------------------------------------------------------------- autograd glue
+# Eager mode: one autograd.Function per op, calling only launchers.
 class ChannelPoolFunction(torch.autograd.Function):
     """``(mean, amax)`` over D, H, W; backward splits the max gradient between ties."""
 
@@ -440,8 +440,105 @@ class ApplyGatesFunction(torch.autograd.Function):
         return dx.to(x.dtype), dgc.to(gc.dtype).view(gc.shape), dgs.to(gs.dtype).view(gs.shape)
 
 
+# ------------------------------------------------- custom ops (torch.compile path)
+# Dynamo cannot trace into the launchers; inside ``torch.compile`` the entry points
+# call these registered ops instead (fake implementations give shapes, dtypes and
+# strides; autograd is registered with the same launchers as the Functions above).
+if tu.has_custom_op():
+
+    @torch.library.custom_op("mmscale::channel_pool", mutates_args=())
+    def _channel_pool_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _channel_pool_fwd(x)
+
+    @_channel_pool_op.register_fake
+    def _(x):
+        B, C = x.shape[:2]
+        return (x.new_empty(B, C), x.new_empty(B, C), x.new_empty(B, C, dtype=torch.float32),
+                x.new_empty(B, C, dtype=torch.int32))
+
+    @torch.library.custom_op("mmscale::channel_pool_bwd", mutates_args=())
+    def _channel_pool_bwd_op(x: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor, davg: torch.Tensor,
+                             dmax: torch.Tensor) -> torch.Tensor:
+        return _channel_pool_bwd(x, mx, cnt, davg, dmax)
+
+    @_channel_pool_bwd_op.register_fake
+    def _(x, mx, cnt, davg, dmax):
+        return torch.empty_like(x)
+
+    def _channel_pool_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[2], output[3])
+
+    def _channel_pool_backward(ctx, davg, dmax, _dmx, _dcnt):
+        x, mx, cnt = ctx.saved_tensors
+        davg = torch.zeros_like(mx) if davg is None else davg
+        dmax = torch.zeros_like(mx) if dmax is None else dmax
+        return _channel_pool_bwd_op(x, mx, cnt, davg, dmax)
+
+    torch.library.register_autograd("mmscale::channel_pool", _channel_pool_backward,
+                                    setup_context=_channel_pool_setup)
+
+    @torch.library.custom_op("mmscale::spatial_pool", mutates_args=())
+    def _spatial_pool_op(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _spatial_pool_fwd(x, g)
+
+    @_spatial_pool_op.register_fake
+    def _(x, g):
+        B, C, D, H, W = x.shape
+        return (x.new_empty(B, 2, D, H, W, dtype=torch.result_type(x, g)),
+                x.new_empty(B, D * H * W, dtype=torch.float32), x.new_empty(B, D * H * W, dtype=torch.int32))
+
+    @torch.library.custom_op("mmscale::spatial_pool_bwd", mutates_args=())
+    def _spatial_pool_bwd_op(x: torch.Tensor, g: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor,
+                             dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _spatial_pool_bwd(x, g, mx, cnt, dout)
+
+    @_spatial_pool_bwd_op.register_fake
+    def _(x, g, mx, cnt, dout):
+        return torch.empty_like(x, dtype=torch.result_type(x, g)), x.new_empty(x.shape[:2], dtype=torch.float32)
+
+    def _spatial_pool_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
+
+    def _spatial_pool_backward(ctx, dout, _dmx, _dcnt):
+        x, g, mx, cnt = ctx.saved_tensors
+        dx, dg = _spatial_pool_bwd_op(x, g, mx, cnt, dout)
+        return dx.to(x.dtype), dg.to(g.dtype).view(g.shape)
+
+    torch.library.register_autograd("mmscale::spatial_pool", _spatial_pool_backward,
+                                    setup_context=_spatial_pool_setup)
+
+    @torch.library.custom_op("mmscale::apply_gates", mutates_args=())
+    def _apply_gates_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+        return _apply_gates_fwd(x, gc, gs)
+
+    @_apply_gates_op.register_fake
+    def _(x, gc, gs):
+        return torch.empty_like(x, dtype=torch.promote_types(torch.result_type(x, gc), gs.dtype))
+
+    @torch.library.custom_op("mmscale::apply_gates_bwd", mutates_args=())
+    def _apply_gates_bwd_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor,
+                            dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _apply_gates_bwd(x, gc, gs, dy)
+
+    @_apply_gates_bwd_op.register_fake
+    def _(x, gc, gs, dy):
+        B, C, D, H, W = x.shape
+        return (torch.empty_like(x, dtype=dy.dtype), x.new_empty(B, C, dtype=torch.float32),
+                x.new_empty(B, D * H * W, dtype=torch.float32))
+
+    def _apply_gates_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _apply_gates_backward(ctx, dy):
+        x, gc, gs = ctx.saved_tensors
+        dx, dgc, dgs = _apply_gates_bwd_op(x, gc, gs, dy)
+        return dx.to(x.dtype), dgc.to(gc.dtype).view(gc.shape), dgs.to(gs.dtype).view(gs.shape)
+
+    torch.library.register_autograd("mmscale::apply_gates", _apply_gates_backward,
+                                    setup_context=_apply_gates_setup)
+
+
 # ------------------------------------------------------------------- entry points
-@torch.compiler.disable
 def channel_pool_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``channel_pool``: ``(avg, max)`` over D, H, W, each [B, C] in ``x.dtype``.
 
@@ -454,10 +551,13 @@ def channel_pool_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Example:
         >>> avg, mx = channel_pool_triton(torch.randn(2, 3, 1, 4, 4, device="cuda"))  # doctest: +SKIP
     """
+    if tu.compiling():
+        if tu.has_custom_op():
+            return _channel_pool_op(x)[:2]
+        return torch.compiler.disable(ChannelPoolFunction.apply)(x)
     return ChannelPoolFunction.apply(x)
 
 
-@torch.compiler.disable
 def spatial_pool_triton(x: torch.Tensor, channel_gate: torch.Tensor) -> torch.Tensor:
     """Triton ``spatial_pool``: channel mean and max of ``x * channel_gate``.
 
@@ -472,10 +572,13 @@ def spatial_pool_triton(x: torch.Tensor, channel_gate: torch.Tensor) -> torch.Te
         >>> s = spatial_pool_triton(torch.randn(1, 3, 2, 4, 4, device="cuda"),
         ...                         torch.ones(1, 3, 1, 1, 1, device="cuda"))  # doctest: +SKIP
     """
+    if tu.compiling():
+        if tu.has_custom_op():
+            return _spatial_pool_op(x, channel_gate)[0]
+        return torch.compiler.disable(SpatialPoolFunction.apply)(x, channel_gate)
     return SpatialPoolFunction.apply(x, channel_gate)
 
 
-@torch.compiler.disable
 def apply_gates_triton(x: torch.Tensor, channel_gate: torch.Tensor, spatial_gate: torch.Tensor) -> torch.Tensor:
     """Triton ``apply_gates``: ``x * channel_gate * spatial_gate`` in one pass.
 
@@ -491,4 +594,8 @@ def apply_gates_triton(x: torch.Tensor, channel_gate: torch.Tensor, spatial_gate
         >>> y = apply_gates_triton(torch.randn(1, 3, 2, 4, 4, device="cuda"),
         ...     torch.ones(1, 3, 1, 1, 1, device="cuda"), torch.ones(1, 1, 2, 4, 4, device="cuda"))  # doctest: +SKIP
     """
+    if tu.compiling():
+        if tu.has_custom_op():
+            return _apply_gates_op(x, channel_gate, spatial_gate)
+        return torch.compiler.disable(ApplyGatesFunction.apply)(x, channel_gate, spatial_gate)
     return ApplyGatesFunction.apply(x, channel_gate, spatial_gate)

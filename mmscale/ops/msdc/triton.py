@@ -373,13 +373,14 @@ def _merge_tile_stats(pstat: torch.Tensor, g: _Geometry) -> tuple[torch.Tensor, 
 
 
 def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
-                 use_batch_stats: bool, momentum: float, eps: float, concat: bool,
+                 use_batch_stats: bool, eps: float, concat: bool,
                  block_s: int | None = None, block_c: int | None = None):
-    """Forward launcher: returns ``(y, prm, wpack)``; ``prm`` [6, NB, E] is what backward needs.
+    """Forward launcher: ``(y, prm, wpack, batch_mean, batch_var)``.
 
-    With batch statistics, runs the statistics pass first and updates the running
-    buffers in place (``nn.BatchNorm3d`` semantics: biased variance normalises,
-    unbiased variance enters ``running_var``).
+    ``prm`` [6, NB, E] and ``wpack`` [taps, E] are what backward needs. With batch
+    statistics it runs the statistics pass first; ``batch_mean`` / ``batch_var``
+    [NB, E] are then the batch mean and *unbiased* variance for the running-statistic
+    update (:func:`update_running_stats`); in eval they are zeros.
     """
     g = _Geometry(h, [tuple(w.shape[2:]) for w in weights], block_s, block_c)
     wpack = _pack_weights(weights)
@@ -393,13 +394,8 @@ def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
         pstat = tu.empty(2, g.nb, g.T, g.E, device=h.device, dtype=torch.float32)
         _run_stencil(0, h, wpack, prm, None, None, pstat, g, concat)
         mean, m2 = _merge_tile_stats(pstat, g)
-        var = m2 / n
-        with torch.no_grad():
-            for k, (rm, rv) in enumerate(zip(running_means, running_vars, strict=True)):
-                if rm is not None:
-                    rm.mul_(1.0 - momentum).add_(mean[k].to(rm.dtype), alpha=momentum)
-                if rv is not None:
-                    rv.mul_(1.0 - momentum).add_((m2[k] / (n - 1)).to(rv.dtype), alpha=momentum)
+        var = m2 / n  # biased: normalises, as nn.BatchNorm3d
+        batch_var = m2 / (n - 1)  # unbiased: enters running_var
     else:
         mean = torch.stack([rm.detach().float() for rm in running_means])
         var = torch.stack([rv.detach().float() for rv in running_vars])
@@ -410,13 +406,25 @@ def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
     c_out = g.E * g.nb if concat else g.E
     y = tu.empty(g.B, c_out, g.D, g.H, g.W, device=h.device, dtype=h.dtype, memory_format=_CL)
     _run_stencil(1, h, wpack, prm, None, y, prm, g, concat)
-    return y, prm, wpack
+    if not use_batch_stats:
+        return y, prm, wpack, torch.zeros_like(mean), torch.zeros_like(mean)
+    return y, prm, wpack, mean, batch_var
 
 
-def msdc_backward(dy, h, weights, wpack, prm, use_batch_stats: bool, concat: bool,
-                  block_s: int | None = None, block_c: int | None = None):
-    """Backward launcher: returns ``(dh, [dw_k], [dgamma_k], [dbeta_k])`` in float32."""
-    g = _Geometry(h, [tuple(w.shape[2:]) for w in weights], block_s, block_c)
+def update_running_stats(running_means, running_vars, batch_mean, batch_var, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch`` in place, per branch (None skipped)."""
+    with torch.no_grad():
+        for k, (rm, rv) in enumerate(zip(running_means, running_vars, strict=True)):
+            if rm is not None:
+                rm.mul_(1.0 - momentum).add_(batch_mean[k].to(rm.dtype), alpha=momentum)
+            if rv is not None:
+                rv.mul_(1.0 - momentum).add_(batch_var[k].to(rv.dtype), alpha=momentum)
+
+
+def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool, concat: bool,
+                         block_s: int | None = None, block_c: int | None = None):
+    """Backward launcher: ``(dh, dw [taps, E], dgamma [NB, E], dbeta [NB, E])``, the last three float32."""
+    g = _Geometry(h, kernel_sizes, block_s, block_c)
     prm = prm.clone()
     pstat = tu.empty(2, g.nb, g.T, g.E, device=h.device, dtype=torch.float32)
     if use_batch_stats:
@@ -442,23 +450,26 @@ def msdc_backward(dy, h, weights, wpack, prm, use_batch_stats: bool, concat: boo
         h, dz, _tap_table(g, h.device), pdw, g.B, g.E, g.D, g.H, g.W, g.S, g.n_sb, g.taps, splits,
         *h.stride(), BLOCK_S=g.BLOCK_S, BLOCK_C=g.BLOCK_C,
     )
-    return dh, _unpack_taps(pdw.sum(0), weights), list(dgamma.unbind(0)), list(dbeta.unbind(0))
+    return dh, pdw.sum(0), dgamma.clone(), dbeta.clone()  # clones: custom ops may not return aliases
 
 
 # -------------------------------------------------------------------- autograd glue
+# Eager mode: one autograd.Function that only calls launchers.
 class MSDCFunction(torch.autograd.Function):
     """Fused multi-scale depthwise conv + BN + ReLU6 + combine (forward and backward).
 
-    Saves only ``h``, the filters and the per-channel BN vectors ``prm``; backward
-    recomputes every branch's convolution from them.
+    Saves only ``h``, the packed filters and the per-channel BN vectors ``prm``;
+    backward recomputes every branch's convolution from them.
     """
 
     @staticmethod
     def forward(ctx, h, use_batch_stats, momentum, eps, concat, running, n, *params):
         weights, gammas, betas = params[:n], params[n:2 * n], params[2 * n:]
         running_means, running_vars = running
-        y, prm, wpack = msdc_forward(h, weights, gammas, betas, running_means, running_vars,
-                                     use_batch_stats, momentum, eps, concat)
+        y, prm, wpack, mean, var = msdc_forward(h, weights, gammas, betas, running_means, running_vars,
+                                                use_batch_stats, eps, concat)
+        if use_batch_stats:
+            update_running_stats(running_means, running_vars, mean, var, momentum)
         ctx.save_for_backward(h, wpack, prm)
         # filters are saved once, packed; the originals only lend shapes and dtypes
         ctx.weight_meta = [torch.empty((), dtype=w.dtype).expand(w.shape) for w in weights]
@@ -470,13 +481,75 @@ class MSDCFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         h, wpack, prm = ctx.saved_tensors
-        dh, dws, dgammas, dbetas = msdc_backward(dy, h, ctx.weight_meta, wpack, prm, ctx.use_batch_stats, ctx.concat)
-        dgammas = [d.to(t) for d, t in zip(dgammas, ctx.gamma_dtypes, strict=True)]
-        dbetas = [d.to(t) for d, t in zip(dbetas, ctx.beta_dtypes, strict=True)]
-        return (dh, None, None, None, None, None, None, *dws, *dgammas, *dbetas)
+        ks = [tuple(w.shape[2:]) for w in ctx.weight_meta]
+        dh, dw, dgamma, dbeta = msdc_backward_packed(dy, h, ks, wpack, prm, ctx.use_batch_stats, ctx.concat)
+        dgammas = [d.to(t) for d, t in zip(dgamma.unbind(0), ctx.gamma_dtypes, strict=True)]
+        dbetas = [d.to(t) for d, t in zip(dbeta.unbind(0), ctx.beta_dtypes, strict=True)]
+        return (dh, None, None, None, None, None, None, *_unpack_taps(dw, ctx.weight_meta), *dgammas, *dbetas)
 
 
-@torch.compiler.disable
+# ------------------------------------------------- custom ops (torch.compile path)
+# Dynamo cannot trace into the launchers; inside ``torch.compile`` the entry point
+# calls these registered ops instead. The running-statistic update stays outside the
+# op (plain in-place torch code, which Dynamo functionalises).
+if tu.has_custom_op():
+
+    @torch.library.custom_op("mmscale::msdc_fwd", mutates_args=())
+    def _msdc_fwd_op(h: torch.Tensor, weights: list[torch.Tensor], gammas: list[torch.Tensor],
+                     betas: list[torch.Tensor], means: list[torch.Tensor], varis: list[torch.Tensor],
+                     use_batch_stats: bool, eps: float,
+                     concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return msdc_forward(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat)
+
+    @_msdc_fwd_op.register_fake
+    def _(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat):
+        B, E, D, H, W = h.shape
+        nb, taps = len(weights), sum(w[0].numel() for w in weights)
+        y = h.new_empty(B, E * nb if concat else E, D, H, W).contiguous(memory_format=_CL)
+        f32 = {"dtype": torch.float32}
+        return (y, h.new_empty(6, nb, E, **f32), h.new_empty(taps, E, **f32), h.new_empty(nb, E, **f32),
+                h.new_empty(nb, E, **f32))
+
+    @torch.library.custom_op("mmscale::msdc_bwd", mutates_args=())
+    def _msdc_bwd_op(dy: torch.Tensor, h: torch.Tensor, kernel_sizes: list[int], wpack: torch.Tensor,
+                     prm: torch.Tensor, use_batch_stats: bool,
+                     concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ks = [tuple(kernel_sizes[i:i + 3]) for i in range(0, len(kernel_sizes), 3)]
+        return msdc_backward_packed(dy, h, ks, wpack, prm, use_batch_stats, concat)
+
+    @_msdc_bwd_op.register_fake
+    def _(dy, h, kernel_sizes, wpack, prm, use_batch_stats, concat):
+        nb, E = prm.shape[1:]
+        return (torch.empty_like(h, memory_format=_CL), torch.empty_like(wpack), prm.new_empty(nb, E),
+                prm.new_empty(nb, E))
+
+    def _msdc_setup(ctx, inputs, output):
+        h, weights, gammas, betas, means, varis, use_batch_stats, _, concat = inputs
+        _, prm, wpack, _, _ = output
+        ctx.save_for_backward(h, wpack, prm)
+        ctx.n_stats = (len(means), len(varis))
+        ctx.weight_meta = [(tuple(w.shape), w.dtype) for w in weights]
+        ctx.gamma_dtypes = [g.dtype for g in gammas]
+        ctx.beta_dtypes = [b.dtype for b in betas]
+        ctx.use_batch_stats, ctx.concat = use_batch_stats, concat
+
+    def _msdc_backward(ctx, dy, *_unused):
+        h, wpack, prm = ctx.saved_tensors
+        ks = [k for shape, _ in ctx.weight_meta for k in shape[2:]]
+        dh, dw, dgamma, dbeta = _msdc_bwd_op(dy, h, ks, wpack, prm, ctx.use_batch_stats, ctx.concat)
+        dws, off = [], 0
+        for shape, dtype in ctx.weight_meta:
+            n = shape[2] * shape[3] * shape[4]
+            dws.append(dw[off:off + n].t().reshape(shape).to(dtype))
+            off += n
+        dgammas = [d.to(t) for d, t in zip(dgamma.unbind(0), ctx.gamma_dtypes, strict=True)]
+        dbetas = [d.to(t) for d, t in zip(dbeta.unbind(0), ctx.beta_dtypes, strict=True)]
+        no_grads = [None] * ctx.n_stats[0], [None] * ctx.n_stats[1]
+        return dh, dws, dgammas, dbetas, *no_grads, None, None, None
+
+    torch.library.register_autograd("mmscale::msdc_fwd", _msdc_backward, setup_context=_msdc_setup)
+
+
 def multiscale_depthwise_conv3d_triton(
     h: torch.Tensor,
     weights: Sequence[torch.Tensor],
@@ -527,6 +600,19 @@ def multiscale_depthwise_conv3d_triton(
     if not use_batch_stats and any(r is None for r in (*running_means, *running_vars)):
         raise ValueError("running_means and running_vars are required when use_batch_stats is False")
     n = len(weights)
+    if tu.compiling():
+        if tu.has_custom_op():
+            means = list(running_means) if not use_batch_stats else []
+            varis = list(running_vars) if not use_batch_stats else []
+            y, _, _, mean, var = _msdc_fwd_op(h, list(weights), list(bn_weights), list(bn_biases), means, varis,
+                                              use_batch_stats, float(eps), combine == "concat")
+            if use_batch_stats:
+                update_running_stats(running_means, running_vars, mean, var, momentum)
+            return y
+        return torch.compiler.disable(MSDCFunction.apply)(
+            h, use_batch_stats, float(momentum), float(eps), combine == "concat",
+            (list(running_means), list(running_vars)), n, *weights, *bn_weights, *bn_biases,
+        )
     return MSDCFunction.apply(
         h, use_batch_stats, float(momentum), float(eps), combine == "concat",
         (list(running_means), list(running_vars)), n, *weights, *bn_weights, *bn_biases,
