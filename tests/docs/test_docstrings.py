@@ -35,10 +35,10 @@ import ast
 import doctest
 import importlib
 import importlib.util
-import textwrap
 import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
