@@ -166,3 +166,48 @@ def test_page_snippets_run(page: Path, tmp_path, monkeypatch):
         os.environ.update(environ)
     elapsed = time.perf_counter() - start
     assert elapsed < _PAGE_BUDGET_S, f"{page.name}: snippets took {elapsed:.1f} s; keep them tiny"
+
+
+def _page(tmp_path: Path, text: str) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(textwrap.dedent(text), encoding="utf-8")
+    return page
+
+
+def test_extractor_reads_blocks_and_markers(tmp_path):
+    page = _page(tmp_path, """\
+        # Title
+
+        ```python
+        a = 1
+        ```
+
+        ```bash
+        echo no
+        ```
+
+        <!-- skip: needs a GPU -->
+        ```python
+        raise SystemExit
+        ```
+
+        !!! note
+            ```python
+            b = a + 1
+            ```
+        """)
+    blocks = extract(page)
+    assert [(b.lang, b.skip) for b in blocks] == [
+        ("python", None), ("bash", None), ("python", "needs a GPU"), ("python", None)]
+    assert blocks[3].code == "b = a + 1\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<!-- skip -->\n```python\nx = 1\n```\n", "needs a reason"),
+    ("<!-- skip: why -->\n```bash\nls\n```\n", "not followed by a python block"),
+    ("<!-- skip: why -->\nsome prose\n```python\nx = 1\n```\n", "not followed by a python block"),
+    ("```python\nx = 1\n", "unterminated"),
+])
+def test_extractor_rejects_misused_markers(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        extract(_page(tmp_path, text))
