@@ -36,7 +36,7 @@ step() {  # step NAME SECONDS COMMAND...
 } > "$DIR/environment.txt" 2>&1
 
 step copy_bandwidth 40 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
-step pytest_gpu 100 python -m pytest tests/ops -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
+step pytest_gpu 100 python -m pytest tests -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
 step kernel_speed 70 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
 step attention_speed 75 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
     --json "$DIR/attention_speed.json"

@@ -16,6 +16,11 @@ Numerics: loads are widened to float32 and all sums are float32; outputs are cas
 Reductions are deterministic: per-program partials written to a buffer, then one
 ``torch.sum`` / ``torch.amax``; no atomics.
 
+Autograd: one ``torch.autograd.Function`` per op in eager mode; under
+``torch.compile`` the same launchers run as ``torch.library`` custom ops
+(``mmscale::channel_pool``, ``mmscale::spatial_pool``, ``mmscale::apply_gates`` and
+their ``_bwd`` ops), so graphs need not break around them.
+
 Maximum gradients follow ``torch.amax``: the gradient is split evenly between all
 elements equal to the maximum (ties). The forward counts the ties while it reduces,
 so the backward needs no extra pass. Equality is tested on the float32 value the

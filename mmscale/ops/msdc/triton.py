@@ -30,6 +30,12 @@ buffer and one ``torch.sum`` finishes them; there are no atomics.
 Layout: the input and the output gradient are read through their real strides (any
 memory format); outputs are allocated channels_last_3d, the layout of mmscale's layers,
 where a tile is contiguous along C. Offsets are int64 (see ``_triton_utils``).
+
+Autograd: in eager mode :class:`MSDCFunction` (launchers only); under
+``torch.compile`` the same launchers run as ``torch.library`` custom ops
+(``mmscale::msdc_fwd`` / ``mmscale::msdc_bwd``, with fake implementations), so a
+model containing the op compiles with ``fullgraph=True``. Running statistics are
+updated outside the kernels with ``nn.BatchNorm3d``'s rule.
 """
 
 from __future__ import annotations
