@@ -13,6 +13,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmscale.ops import _dispatch
 from mmscale.ops.msdc import multiscale_depthwise_conv3d, multiscale_depthwise_conv3d_reference
@@ -182,3 +184,15 @@ def test_msdc_auto_stays_on_torch_for_cpu_tensors(kernels_for, monkeypatch):
         warnings.simplefilter("error")
         multiscale_depthwise_conv3d(torch.randn(1, 2, 1, 3, 3), *params[:3], params[3], params[4], False,
                                     0.1, 1e-5)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    b=st.integers(1, 2), e=st.integers(1, 4), d=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5),
+    kernel_sizes=st.lists(st.tuples(*[st.sampled_from([1, 3])] * 3), min_size=1, max_size=3),
+    combine=st.sampled_from(["add", "concat"]),
+)
+def test_property_msdc_eval_matches_reference(kernels_for, b, e, d, h, w, kernel_sizes, combine):
+    """Any small shape, any mix of odd (anisotropic) windows: eval forward and gradients agree."""
+    kernels_for("cpu", "msdc")
+    _compare((b, e, d, h, w), kernel_sizes, combine, "cpu", torch.float32, False)
