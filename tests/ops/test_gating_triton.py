@@ -178,3 +178,15 @@ def test_property_gating_matches_reference(kernels_for, small_blocks, b, c, d, h
     _run_pair(channel_pool, channel_pool_reference, [x], torch.float32)
     _run_pair(spatial_pool, spatial_pool_reference, [x, gc], torch.float32)
     _run_pair(apply_gates, apply_gates_reference, [x, gc, gs], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_broadcast_gates(kernels_for, device):
+    """Gates that broadcast over the batch (or the volume) behave like PyTorch broadcasting."""
+    kernels_for(device, "gating")
+    x = _volume((2, 3, 2, 3, 4), device, torch.float32, "channels_last")
+    gc = torch.rand(1, 3, 1, 1, 1, device=device)
+    gs = torch.rand(1, 1, 2, 3, 4, device=device)
+    _run_pair(apply_gates, apply_gates_reference, [x, gc, gs], torch.float32)
+    _run_pair(apply_gates, apply_gates_reference, [x, gc, torch.rand(2, 1, 1, 1, 1, device=device)], torch.float32)
+    _run_pair(spatial_pool, spatial_pool_reference, [x, gc], torch.float32)

@@ -324,15 +324,26 @@ def _empty_volume_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tu.empty_like(x, dtype)
 
 
-def _gate_bc(g: torch.Tensor) -> torch.Tensor:
-    return g.reshape(g.shape[0], g.shape[1]) if g.dim() == 5 else g
+def _gate_bc(g: torch.Tensor, B: int, C: int) -> torch.Tensor:
+    """Channel gate [B|1, C|1, 1, 1, 1] -> a [B, C] view (broadcast axes get stride 0)."""
+    return g.expand(B, C, 1, 1, 1).reshape(B, C)
+
+
+def _gate_s(g: torch.Tensor, B: int, D: int, H: int, W: int) -> torch.Tensor:
+    """Spatial gate [B|1, 1, D|1, H|1, W|1] -> a [B, D, H, W] view (broadcast axes get stride 0)."""
+    return g.expand(B, 1, D, H, W).reshape(B, D, H, W)
+
+
+def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gate gradient in the expanded shape, summed over the axes ``like`` broadcasts, in its dtype."""
+    return grad.sum_to_size(like.shape).to(like.dtype)
 
 
 def _spatial_pool_fwd(x, g, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
     BLOCK_S, BLOCK_C = _blocks(S, C, block_s, block_c)
-    g2 = _gate_bc(g)
+    g2 = _gate_bc(g, B, C)
     out = tu.empty(B, 2, D, H, W, device=x.device, dtype=torch.result_type(x, g))
     mx = tu.empty(B, S, device=x.device, dtype=torch.float32)
     cnt = tu.empty(B, S, device=x.device, dtype=torch.int32)
@@ -348,7 +359,7 @@ def _spatial_pool_bwd(x, g, mx, cnt, dout, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
     BLOCK_S, BLOCK_C = _blocks(S, C, block_s, block_c)
-    g2 = _gate_bc(g)
+    g2 = _gate_bc(g, B, C)
     n_s = cdiv(S, BLOCK_S)
     dx = _empty_volume_like(x, torch.result_type(x, g))
     pdg = tu.empty(B, n_s, C, device=x.device, dtype=torch.float32)
@@ -364,8 +375,8 @@ def _apply_gates_fwd(x, gc, gs, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
     BLOCK_S, BLOCK_C = _blocks(S, C, block_s, block_c)
-    gc2 = _gate_bc(gc)
-    gs4 = gs.reshape(B, D, H, W) if gs.dim() == 5 else gs
+    gc2 = _gate_bc(gc, B, C)
+    gs4 = _gate_s(gs, B, D, H, W)
     y = _empty_volume_like(x, torch.promote_types(torch.result_type(x, gc), gs.dtype))
     # each program: one [BLOCK_S, BLOCK_C] tile of x * g_c * g_s
     _apply_gates_fwd_kernel[(B, cdiv(S, BLOCK_S), cdiv(C, BLOCK_C))](
@@ -379,8 +390,8 @@ def _apply_gates_bwd(x, gc, gs, dy, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
     BLOCK_S, BLOCK_C = _blocks(S, C, block_s, block_c)
-    gc2 = _gate_bc(gc)
-    gs4 = gs.reshape(B, D, H, W) if gs.dim() == 5 else gs
+    gc2 = _gate_bc(gc, B, C)
+    gs4 = _gate_s(gs, B, D, H, W)
     n_s = cdiv(S, BLOCK_S)
     dx = _empty_volume_like(x, dy.dtype)
     dgs = tu.empty(B, S, device=x.device, dtype=torch.float32)
@@ -427,7 +438,7 @@ class SpatialPoolFunction(torch.autograd.Function):
     def backward(ctx, dout):
         x, g, mx, cnt = ctx.saved_tensors
         dx, dg = _spatial_pool_bwd(x, g, mx, cnt, dout)
-        return dx.to(x.dtype), dg.to(g.dtype).view(g.shape)
+        return dx.to(x.dtype), _sum_to(dg.view(*dg.shape, 1, 1, 1), g)
 
 
 class ApplyGatesFunction(torch.autograd.Function):
@@ -442,7 +453,8 @@ class ApplyGatesFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, gc, gs = ctx.saved_tensors
         dx, dgc, dgs = _apply_gates_bwd(x, gc, gs, dy)
-        return dx.to(x.dtype), dgc.to(gc.dtype).view(gc.shape), dgs.to(gs.dtype).view(gs.shape)
+        dgc, dgs = dgc.view(*dgc.shape, 1, 1, 1), dgs.view(x.shape[0], 1, *x.shape[2:])
+        return dx.to(x.dtype), _sum_to(dgc, gc), _sum_to(dgs, gs)
 
 
 # ------------------------------------------------- custom ops (torch.compile path)
@@ -507,7 +519,7 @@ if tu.has_custom_op():
     def _spatial_pool_backward(ctx, dout, _dmx, _dcnt):
         x, g, mx, cnt = ctx.saved_tensors
         dx, dg = _spatial_pool_bwd_op(x, g, mx, cnt, dout)
-        return dx.to(x.dtype), dg.to(g.dtype).view(g.shape)
+        return dx.to(x.dtype), _sum_to(dg.view(*dg.shape, 1, 1, 1), g)
 
     torch.library.register_autograd("mmscale::spatial_pool", _spatial_pool_backward,
                                     setup_context=_spatial_pool_setup)
@@ -537,7 +549,8 @@ if tu.has_custom_op():
     def _apply_gates_backward(ctx, dy):
         x, gc, gs = ctx.saved_tensors
         dx, dgc, dgs = _apply_gates_bwd_op(x, gc, gs, dy)
-        return dx.to(x.dtype), dgc.to(gc.dtype).view(gc.shape), dgs.to(gs.dtype).view(gs.shape)
+        dgc, dgs = dgc.view(*dgc.shape, 1, 1, 1), dgs.view(x.shape[0], 1, *x.shape[2:])
+        return dx.to(x.dtype), _sum_to(dgc, gc), _sum_to(dgs, gs)
 
     torch.library.register_autograd("mmscale::apply_gates", _apply_gates_backward,
                                     setup_context=_apply_gates_setup)
