@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export MMSCALE_TEST_DEVICE=cuda        # tests/conftest.py: leave Triton's interpreter off
 export TRITON_INTERPRET=0
 export TRITON_DEFAULT_FP_FUSION=1
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$DIR/triton_cache}"  # kernels compiled once, shared by the steps
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-${TMPDIR:-/tmp}/mmscale_triton_cache}"  # compiled once, shared by the steps
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 status=0
@@ -35,11 +35,11 @@ step() {  # step NAME SECONDS COMMAND...
     python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('triton', triton.__version__); print(torch.cuda.get_device_name())"
 } > "$DIR/environment.txt" 2>&1
 
-step copy_bandwidth 40 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
-step pytest_gpu 100 python -m pytest tests -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
-step kernel_speed 70 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
-step attention_speed 75 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
-    --json "$DIR/attention_speed.json"
+step copy_bandwidth 30 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
+step pytest_gpu 80 python -m pytest tests -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
+step kernel_speed 80 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
+step attention_speed 100 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
+    --rounds 3 --json "$DIR/attention_speed.json"
 
 tail -n 3 "$DIR/pytest_gpu.log" >> "$DIR/summary.txt"
 cat "$DIR/summary.txt"

@@ -254,13 +254,18 @@ def main(argv: list[str] | None = None) -> int:
                         torch.cuda.empty_cache()
                 print_table(rows)
                 result["rows"] += rows
+                _write(args.json, result)  # after every shape: a time limit keeps what was measured
+    _write(args.json, result)
+    return 0
+
+
+def _write(path: str | None, result: dict) -> None:
     if result["rows"]:
         for key in ("speedup_vs_torch", "pct_copy_bw"):
             result[f"median_{key}"] = statistics.median(r[key] for r in result["rows"])
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
