@@ -7,8 +7,10 @@ How the work is split (one ``[BLOCK_S, BLOCK_C]`` tile = BLOCK_S voxels of one s
 times BLOCK_C channels):
 
 * every branch is evaluated from the same loads: the tile loops over the union of the
-  branches' windows (``tl.static_range`` over constexpr taps), loads each shifted
-  input tile once and feeds it to every branch whose window contains that tap;
+  branches' windows (a runtime loop over depth offsets around ``tl.static_range``
+  over the in-plane taps, so the unrolled body, and compile time, stay small), loads
+  each shifted input tile once and feeds it to every branch whose window contains
+  that tap;
 * ``_msdc_fwd_kernel`` has four modes (constexpr ``MODE``) sharing that stencil:
   ``0`` per-tile BN statistics (mean and centred sum of squares, merged later with
   Chan's formula), ``1`` BN + ReLU6 + combine and store, ``2`` per-tile sums of the
