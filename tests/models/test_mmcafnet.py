@@ -185,6 +185,19 @@ def test_masked_inputs_do_not_change_the_output(fusion):
     assert not torch.allclose(model(vol, num2, cat, volume_present=present)[1], out[1])
 
 
+def test_absent_volumes_do_not_reach_batch_statistics_in_training():
+    # Absent volumes are zeroed before the backbone, so even BatchNorm's batch
+    # statistics (train mode) cannot see their content.
+    model = micro().train()
+    vol, num, cat = inputs()
+    present = torch.tensor([True, False, True])
+    torch.manual_seed(5)
+    out = model(vol, num, cat, volume_present=present)
+    vol[1] = torch.randn_like(vol[1]) * 50
+    torch.manual_seed(5)
+    torch.testing.assert_close(model(vol, num, cat, volume_present=present), out, rtol=0, atol=0)
+
+
 @FUSIONS
 def test_whole_modality_missing(fusion):
     model = micro(fusion).eval()
