@@ -43,12 +43,12 @@ def _as_dims(name: str, dim: int | Sequence[int], count: int) -> tuple[int, ...]
 def _pool_matrix(length: int, bins: int, ref: torch.Tensor) -> torch.Tensor:
     """[bins, length] averaging matrix with adaptive-pooling bin edges
     (``floor(i * L / n)`` to ``ceil((i + 1) * L / n)``)."""
-    m = torch.zeros(bins, length, dtype=ref.dtype, device=ref.device)
-    for i in range(bins):
-        start = (i * length) // bins
-        end = -((-(i + 1) * length) // bins)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
+    i = torch.arange(bins, device=ref.device)
+    start = (i * length) // bins
+    end = ((i + 1) * length + bins - 1) // bins  # ceil division
+    pos = torch.arange(length, device=ref.device)
+    inside = (pos >= start[:, None]) & (pos < end[:, None])
+    return inside.to(ref.dtype) / (end - start)[:, None].to(ref.dtype)
 
 
 def adaptive_avg_pool3d(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
