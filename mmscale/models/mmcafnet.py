@@ -217,9 +217,9 @@ class MMCAFNet(nn.Module):
     * ``"tiny"`` — the same architecture at toy widths (stem 16, stages 32/64/128 of
       one block each, cardinality 8) with the ``"tokens"`` fusion (3 scales of width
       32, 2 heads, 2x4x4 tokens per level); 1,438,646 parameters. One AdamW training
-      step (forward + backward + step) on [2, 1, 16, 64, 64] measured 0.55-0.69 s
-      (median 0.60 s) on 2 shared CPU cores with torch 2.13
-      (``benchmarks/model_throughput.py``).
+      step (forward + backward + step) on [2, 1, 16, 64, 64] measured a median of
+      0.34 s (range 0.27-0.42 s over 10 steps; 0.60 s median on a busier run) on 2
+      shared CPU cores with torch 2.13 (``benchmarks/model_throughput.py``).
 
     Args:
         config (MMCAFNetConfig | None): the configuration (default: ``MMCAFNetConfig()``).
