@@ -126,3 +126,22 @@ def test_table_modality_trains(shared_dirs, tmp_path):
     run(parse_args(small_args(phantom, cache, tmp_path, "--modality", "table", "--epochs", "1")))
     assert json.loads((tmp_path / "metrics.json").read_text())["modality"] == "table"
     assert not list((tmp_path / "attention").glob("*.png"))  # no image, no attention map
+
+
+def test_staged_training_keeps_the_image_encoder_frozen_first(shared_dirs, tmp_path):
+    from train import parse_args
+    from trainer import build_model, run
+
+    from mmscale.data import TableSchema
+
+    phantom, cache = shared_dirs
+    cfg = parse_args(small_args(phantom, cache, tmp_path, "--freeze-epochs", "1", "--stop-after", "1"))
+    assert run(cfg) is None  # stopped after epoch 1, still inside the frozen stage
+    state = torch.load(tmp_path / "fold0" / "checkpoint.pt", weights_only=True)
+    torch.manual_seed(cfg.seed)  # the trainer's seed for fold 0: the same initial weights
+    init = build_model(cfg, TableSchema.from_dict(state["table_schema"]), 1).state_dict()
+    encoder = [k for k in init if k.startswith(("backbone.", "neck_norm.", "pyramid."))]
+    others = [k for k in init if k not in encoder and init[k].is_floating_point()]
+    assert encoder and all(torch.equal(state["model"][k], init[k]) for k in encoder)
+    assert any(not torch.equal(state["model"][k], init[k]) for k in others)
+    assert state["history"][0]["frozen_encoder"] is True
