@@ -83,6 +83,15 @@ class MMCAFNetConfig:
         kan_hidden, kan_grid_size, kan_spline_order, kan_grid_range: the KAN table
             encoder of ``"single"`` (widths ``(F, *kan_hidden, fusion_dims[0])``).
         head_dropout: dropout before the classifier.
+
+    Raises:
+        ValueError: on construction (and :meth:`validate`), naming the first
+            inconsistent field.
+
+    Example:
+        >>> cfg = MMCAFNetConfig(num_numerical=1, categorical_cardinalities=[2, 3])
+        >>> cfg.categorical_cardinalities, cfg.num_features
+        ((2, 3), 3)
     """
 
     in_channels: int = 1
