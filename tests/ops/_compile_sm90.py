@@ -67,7 +67,7 @@ def main() -> int:
                 "*bf16", "i64")
     iso135 = branches([(1, 1, 1), (3, 3, 3), (5, 5, 5)])
     compile_one("_msdc_fwd_kernel mode=1 (1,3,5)", mk._msdc_fwd_kernel, dict(iso135, MODE=1, CONCAT=False))
-    compile_one("_msdc_bwd_dx_kernel 4 branches", mk._msdc_bwd_dx_kernel, four)
+    compile_one("_msdc_bwd_dx_kernel 4 branches", mk._msdc_bwd_dx_kernel, dict(four, ACCUMULATE=True))
     compile_one("_msdc_bwd_dw_kernel", mk._msdc_bwd_dw_kernel, blocks)
     return 0
 

@@ -22,9 +22,11 @@ times BLOCK_C channels):
   same region, so they meet in L2.
 
 Training forward = mode 0 then mode 1 (the convolution is recomputed instead of
-storing per-branch outputs); backward = mode 2 (train only), mode 3, dx, dw. Only the
-input, the filters and per-channel vectors are saved for backward. ``dz`` (float32,
-``n_branches x`` the input) lives only inside backward.
+storing per-branch outputs); backward = mode 2 over all branches (train only), then
+per branch: mode 3, dx (accumulated in float32), dw. Only the input, the filters and
+per-channel vectors are saved for backward; the float32 ``dz`` buffer (one input's
+size, reused by every branch) and the float32 input-gradient accumulator live only
+inside backward.
 
 Reductions are deterministic: kernels write per-tile (or per-split) partials to a
 buffer and one ``torch.sum`` finishes them; there are no atomics.
@@ -223,7 +225,7 @@ def _msdc_bwd_dx_kernel(
     K2D: tl.constexpr, K2H: tl.constexpr, K2W: tl.constexpr, OFF2: tl.constexpr,
     K3D: tl.constexpr, K3H: tl.constexpr, K3W: tl.constexpr, OFF3: tl.constexpr,
     KDM: tl.constexpr, KHM: tl.constexpr, KWM: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -256,6 +258,9 @@ def _msdc_bwd_dx_kernel(
                                         3, DZ, DY, DX, K3D, K3H, K3W, OFF3)
     o_x = _offset_5d(i_b, o_c[None, :], i_d[:, None], i_h[:, None], i_w[:, None],
                      stride_xb, stride_xc, stride_xd, stride_xh, stride_xw)
+    if ACCUMULATE:
+        # [BLOCK_S, BLOCK_C] the other branches' share, written by earlier launches
+        b_dx += tl.load(dx_ptr + o_x, mask=m_s[:, None] & m_c[None, :], other=0.0).to(tl.float32)
     tl.store(dx_ptr + o_x, b_dx.to(dx_ptr.dtype.element_ty), mask=m_s[:, None] & m_c[None, :])
 
 
@@ -431,34 +436,51 @@ def update_running_stats(running_means, running_vars, batch_mean, batch_var, mom
 
 def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool, concat: bool,
                          block_s: int | None = None, block_c: int | None = None):
-    """Backward launcher: ``(dh, dw [taps, E], dgamma [NB, E], dbeta [NB, E])``, the last three float32."""
+    """Backward launcher: ``(dh, dw [taps, E], dgamma [NB, E], dbeta [NB, E])``, the last three float32.
+
+    The training-mode sums need every branch at once (one stencil pass); the rest runs
+    one branch at a time, so the float32 ``dz`` buffer is the size of one input
+    whatever the number of branches, and the input gradient is accumulated in float32.
+    """
     g = _Geometry(h, kernel_sizes, block_s, block_c)
     prm = prm.clone()
-    pstat = tu.empty(2, g.nb, g.T, g.E, device=h.device, dtype=torch.float32)
     if use_batch_stats:
         # sums of du and du * zhat first: the BN input gradient couples every voxel
+        pstat = tu.empty(2, g.nb, g.T, g.E, device=h.device, dtype=torch.float32)
         _run_stencil(2, h, wpack, prm, dy, None, pstat, g, concat)
         dbeta, dgamma = pstat.sum(2).unbind(0)
         n = float(g.B * g.S)
         prm[_C1] = -prm[_SCALE] * prm[_RSTD] * dgamma / n
         prm[_C0] = -prm[_SCALE] * dbeta / n - prm[_C1] * prm[_MEAN]
-    dz = tu.empty(g.nb, g.B, g.S, g.E, device=h.device, dtype=torch.float32)
-    _run_stencil(3, h, wpack, prm, dy, dz, pstat, g, concat)
-    if not use_batch_stats:
-        dbeta, dgamma = pstat.sum(2).unbind(0)
-    dh = tu.empty(h.shape, device=h.device, dtype=h.dtype, memory_format=_CL)
-    # each program: the input gradient of one [BLOCK_S, BLOCK_C] tile (transposed stencil)
-    _msdc_bwd_dx_kernel[(g.n_sb, cdiv(g.E, g.BLOCK_C), g.B)](
-        dz, wpack, dh, g.B, g.E, g.D, g.H, g.W, g.S, *dh.stride(), **g.branch_constexprs(),
-    )
-    splits = min(g.T, 64)
-    pdw = tu.empty(splits, g.taps, g.E, device=h.device, dtype=torch.float32)
-    # each program: one tap x BLOCK_C channels of the filter gradient over every splits-th tile
-    _msdc_bwd_dw_kernel[(g.taps, cdiv(g.E, g.BLOCK_C), splits)](
-        h, dz, _tap_table(g, h.device), pdw, g.B, g.E, g.D, g.H, g.W, g.S, g.n_sb, g.taps, splits,
-        *h.stride(), BLOCK_S=g.BLOCK_S, BLOCK_C=g.BLOCK_C,
-    )
-    return dh, pdw.sum(0), dgamma.clone(), dbeta.clone()  # clones: custom ops may not return aliases
+    dz = tu.empty(1, g.B, g.S, g.E, device=h.device, dtype=torch.float32)
+    dh32 = tu.empty(h.shape, device=h.device, dtype=torch.float32, memory_format=_CL)
+    dws, sums = [], []
+    for k, ks in enumerate(g.ks):
+        gk = _Geometry(h, [ks], block_s, block_c)
+        w_k = wpack[g.offs[k]:g.offs[k] + gk.taps]
+        prm_k = prm[:, k:k + 1].contiguous()
+        dy_k = dy[:, k * g.E:(k + 1) * g.E] if concat else dy
+        pstat_k = tu.empty(2, 1, g.T, g.E, device=h.device, dtype=torch.float32)
+        _run_stencil(3, h, w_k, prm_k, dy_k, dz, pstat_k, gk, False)
+        sums.append(pstat_k.sum(2)[:, 0])  # [2, E]: (sum du, sum du * zhat) of branch k
+        # each program: branch k's share of the input gradient of one tile (transposed stencil)
+        _msdc_bwd_dx_kernel[(g.n_sb, cdiv(g.E, g.BLOCK_C), g.B)](
+            dz, w_k, dh32, g.B, g.E, g.D, g.H, g.W, g.S, *dh32.stride(), ACCUMULATE=k > 0,
+            **gk.branch_constexprs(),
+        )
+        splits = min(g.T, 64)
+        pdw = tu.empty(splits, gk.taps, g.E, device=h.device, dtype=torch.float32)
+        # each program: one tap x BLOCK_C channels of the filter gradient over every splits-th tile
+        _msdc_bwd_dw_kernel[(gk.taps, cdiv(g.E, g.BLOCK_C), splits)](
+            h, dz, _tap_table(gk, h.device), pdw, g.B, g.E, g.D, g.H, g.W, g.S, g.n_sb, gk.taps, splits,
+            *h.stride(), BLOCK_S=g.BLOCK_S, BLOCK_C=g.BLOCK_C,
+        )
+        dws.append(pdw.sum(0))
+    if not use_batch_stats:  # in eval the per-branch sums are the BN parameter gradients
+        dbeta, dgamma = torch.stack(sums, 1).unbind(0)
+    dh = dh32 if h.dtype == torch.float32 else dh32.to(h.dtype)
+    # clones: custom ops may not return aliases
+    return dh, torch.cat(dws), dgamma.clone(), dbeta.clone()
 
 
 # -------------------------------------------------------------------- autograd glue
