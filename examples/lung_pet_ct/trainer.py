@@ -81,7 +81,7 @@ class TrainConfig:
         num_workers: DataLoader workers.
         stop_after: stop (as if killed) after this many epochs in this invocation.
         resume: continue from ``out/fold*/checkpoint.pt``.
-        attention_patients: how many test patients get an attention PNG.
+        attention_patients: how many validation patients get an attention PNG.
         progress: tqdm bars.
     """
 
@@ -724,10 +724,10 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
     write_report(fold_dir, test_set.labels, probs, test_set.ids, cfg.classes, metrics,
                  f"fold {fold} test")
     if cfg.modality != "table" and cfg.attention_patients > 0:
-        k = min(cfg.attention_patients, len(test_set.ids))
-        ds_test = test_set.dataset(crop.crop, False, 0)
-        vols = torch.stack([ds_test[i]["volume"] for i in range(k)]).to(rt.device)
-        plot_attention(best_model, vols, test_set.ids[:k], fold_dir / "attention")
+        k = min(cfg.attention_patients, len(val_set.ids))
+        ds_val = val_set.dataset(crop.crop, False, 0)
+        vols = torch.stack([ds_val[i]["volume"] for i in range(k)]).to(rt.device)
+        plot_attention(best_model, vols, val_set.ids[:k], fold_dir / "attention")
     return {"metrics": metrics, "probs": probs, "labels": test_set.labels, "ids": test_set.ids}
 
 

@@ -145,3 +145,25 @@ def test_staged_training_keeps_the_image_encoder_frozen_first(shared_dirs, tmp_p
     assert encoder and all(torch.equal(state["model"][k], init[k]) for k in encoder)
     assert any(not torch.equal(state["model"][k], init[k]) for k in others)
     assert state["history"][0]["frozen_encoder"] is True
+
+
+def test_amp_and_gradient_accumulation_run(shared_dirs, tmp_path):
+    from train import parse_args
+    from trainer import run
+
+    phantom, cache = shared_dirs
+    metrics = run(parse_args(small_args(phantom, cache, tmp_path, "--amp", "on", "--accum-steps", "2",
+                                        "--epochs", "1", "--attention-patients", "0")))
+    state = torch.load(tmp_path / "fold0" / "checkpoint.pt", weights_only=True)
+    # 10 training patients in batches of 4 -> 3 batches -> 2 optimizer steps per epoch.
+    assert state["scheduler"]["last_epoch"] == 2
+    assert metrics["auroc"] is None or 0.0 <= metrics["auroc"] <= 1.0
+
+
+def test_four_class_task_needs_enough_patients_per_class(shared_dirs, tmp_path):
+    from train import parse_args
+    from trainer import run
+
+    phantom, cache = shared_dirs
+    with pytest.raises(ValueError, match="too small to stratify"):
+        run(parse_args(small_args(phantom, cache, tmp_path, "--task", "4class")))
