@@ -69,6 +69,19 @@ def main() -> int:
     compile_one("_msdc_fwd_kernel mode=1 (1,3,5)", mk._msdc_fwd_kernel, dict(iso135, MODE=1, CONCAT=False))
     compile_one("_msdc_bwd_dx_kernel 4 branches", mk._msdc_bwd_dx_kernel, dict(four, ACCUMULATE=True))
     compile_one("_msdc_bwd_dw_kernel", mk._msdc_bwd_dw_kernel, blocks)
+    # Triton specialises integer arguments equal to 1 into constexprs (batch 1, one
+    # channel, unit strides): the kernels must compile that way too
+    ones = {"B": 1, "E": 1, "C": 1, "stride_hc": 1, "stride_yc": 1, "stride_xc": 1, "stride_xw": 1}
+    for label, fn, extra in [
+        ("_msdc_fwd_kernel mode=3", mk._msdc_fwd_kernel, dict(two, MODE=3, CONCAT=True)),
+        ("_msdc_bwd_dx_kernel", mk._msdc_bwd_dx_kernel, dict(two, ACCUMULATE=False)),
+        ("_msdc_bwd_dw_kernel", mk._msdc_bwd_dw_kernel, blocks),
+        ("_channel_pool_fwd_kernel", gk._channel_pool_fwd_kernel, blocks),
+        ("_spatial_pool_bwd_kernel", gk._spatial_pool_bwd_kernel, blocks),
+        ("_apply_gates_bwd_kernel", gk._apply_gates_bwd_kernel, blocks),
+    ]:
+        spec = {k: v for k, v in ones.items() if k in fn.arg_names}
+        compile_one(f"{label} with 1-specialised {sorted(spec)}", fn, dict(extra, **spec))
     return 0
 
 

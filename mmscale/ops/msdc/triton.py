@@ -180,7 +180,7 @@ def _msdc_fwd_kernel(
     o_dz = (i_b.to(tl.int64) * S + o_s[:, None]) * E + o_c[None, :]
     T = B * N_SB
     o_st = (i_b.to(tl.int64) * N_SB + i_s) * E + o_c
-    BSE = B.to(tl.int64) * S * E
+    BSE = tl.cast(B, tl.int64) * S * E  # tl.cast: B == 1 arrives as a constexpr
     b_y = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     b_y = _msdc_epilogue(b_z0, b_y, 0, MODE, CONCAT, NB, prm_ptr, dy_ptr, out_ptr, pstat_ptr,
                          o_c, m_c, m_s, o_y, stride_yc, o_dz, o_st, E, T, BSE)
@@ -233,7 +233,7 @@ def _msdc_bwd_dx_kernel(
     m_s, m_c = o_s < S, o_c < E
     i_d, i_h, i_w = _split_spatial(o_s, H, W)
     o_dz = (i_b.to(tl.int64) * S + o_s[:, None]) * E + o_c[None, :]
-    BSE = B.to(tl.int64) * S * E
+    BSE = tl.cast(B, tl.int64) * S * E  # tl.cast: B == 1 arrives as a constexpr
     b_dx = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for t_z in range(KDM):  # runtime depth loop, unrolled in-plane taps (as the forward)
         DZ = t_z - KDM // 2
@@ -280,7 +280,7 @@ def _msdc_bwd_dw_kernel(
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = o_c < E
     o_t = t_dz.to(tl.int64) * stride_hd + t_dy.to(tl.int64) * stride_hh + t_dx.to(tl.int64) * stride_hw
-    BSE = B.to(tl.int64) * S * E
+    BSE = tl.cast(B, tl.int64) * S * E  # tl.cast: B == 1 arrives as a constexpr
     b_acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for t in range(i_p, B * N_SB, SPLITS):
         i_b = t // N_SB
