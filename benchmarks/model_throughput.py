@@ -1,7 +1,7 @@
 """Training and inference throughput (volumes/s) of MMCAFNet presets.
 
 For each preset it builds the model with random weights, then times
-* inference: eval mode, ``torch.no_grad``, one forward per step;
+* inference: eval mode, ``torch.inference_mode``, one forward per step;
 * training: train mode, forward + cross-entropy + backward + AdamW step;
 and reports the median step time and volumes/s (batch / median step).
 
@@ -107,7 +107,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def infer() -> None:
-        with torch.no_grad(), autocast:
+        with torch.inference_mode(), autocast:
             model(vol, num, cat)
 
     def train() -> None:
