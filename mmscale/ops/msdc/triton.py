@@ -354,14 +354,21 @@ def _unpack_taps(flat: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[to
     return out
 
 
+_TAP_TABLES: dict[tuple, torch.Tensor] = {}
+
+
 def _tap_table(g: _Geometry, device) -> torch.Tensor:
-    rows = []
-    for k, (kd, kh, kw) in enumerate(g.ks):
-        for dz in range(-(kd // 2), kd // 2 + 1):
-            for dy in range(-(kh // 2), kh // 2 + 1):
-                for dx in range(-(kw // 2), kw // 2 + 1):
-                    rows.append((k, dz, dy, dx))
-    return torch.tensor(rows, dtype=torch.int32, device=device)
+    """(branch, dz, dy, dx) of every filter tap [taps, 4] (int32), cached per windows and device."""
+    key = (tuple(g.ks), str(device))
+    if key not in _TAP_TABLES:
+        rows = []
+        for k, (kd, kh, kw) in enumerate(g.ks):
+            for dz in range(-(kd // 2), kd // 2 + 1):
+                for dy in range(-(kh // 2), kh // 2 + 1):
+                    for dx in range(-(kw // 2), kw // 2 + 1):
+                        rows.append((k, dz, dy, dx))
+        _TAP_TABLES[key] = torch.tensor(rows, dtype=torch.int32, device=device)
+    return _TAP_TABLES[key]
 
 
 def _run_stencil(mode: int, h, wpack, prm, dy, out, pstat, g: _Geometry, concat: bool):
