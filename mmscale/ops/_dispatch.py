@@ -11,7 +11,6 @@ without a GPU).
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -43,7 +42,9 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=1)
+_TRITON_AVAILABLE: bool | None = None
+
+
 def triton_available() -> bool:
     """Whether ``import triton`` succeeds (cached).
 
@@ -54,11 +55,16 @@ def triton_available() -> bool:
         >>> isinstance(triton_available(), bool)
         True
     """
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising something else
-        return False
-    return True
+    # a plain module-level cache: functools.lru_cache makes Dynamo warn on every compiled call
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_AVAILABLE = True
+        except Exception:  # ImportError, or a broken install raising something else
+            _TRITON_AVAILABLE = False
+    return _TRITON_AVAILABLE
 
 
 def triton_interpret() -> bool:
