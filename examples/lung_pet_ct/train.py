@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping on val AUROC")
     g.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs,
                    help="staged training: epochs with the image encoder frozen")
+    g.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
+                   help="with --modality both: share of training samples shown one modality only")
     g.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     g.add_argument("--num-workers", type=int, default=d.num_workers)
     g = p.add_argument_group("runs")

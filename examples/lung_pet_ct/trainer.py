@@ -76,6 +76,8 @@ class TrainConfig:
         amp: ``"auto"`` (CUDA only), ``"on"`` or ``"off"``.
         patience: early stopping on validation AUROC (epochs without improvement).
         freeze_epochs: epochs with the image encoder frozen (staged training).
+        modality_dropout: with ``modality="both"``, share of training samples that see
+            only one modality (see :func:`modality_dropout`).
         class_weights: weight the loss by inverse class frequency.
         seed: all randomness (split, init, sampler, augmentation, dropout).
         num_workers: DataLoader workers.
@@ -117,6 +119,7 @@ class TrainConfig:
     amp: str = "auto"
     patience: int = 10
     freeze_epochs: int = 0
+    modality_dropout: float = 0.0
     class_weights: bool = True
     seed: int = 0
     num_workers: int = 0
@@ -142,6 +145,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold: must be in [0, {self.folds}), got {self.fold}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout: must be in [0, 1), got {self.modality_dropout}")
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
@@ -356,7 +361,27 @@ def forward(model: torch.nn.Module, batch: dict, modality: str, device: torch.de
     vol = batch["volume"].to(device, non_blocking=True) if modality != "table" else None
     num = batch["numerical"].to(device) if modality != "image" else None
     cat = batch["categorical"].to(device) if modality != "image" else None
-    return model(vol, num, cat)
+    present = batch.get("volume_present")
+    present = present.to(device) if present is not None and vol is not None else None
+    return model(vol, num, cat, present)
+
+
+def modality_dropout(batch: dict, p: float) -> dict:
+    """Hide one modality of some training samples (each with probability ``p / 2``).
+
+    The table is the easier cue: without this the fusion leans on it before the image
+    encoder has learnt anything. Hidden tables become all-missing (NaN / -1), hidden
+    volumes ``volume_present=False``. Draws from the global torch RNG (checkpointed).
+    """
+    if p <= 0:
+        return batch
+    r = torch.rand(len(batch["label"]))
+    no_table, no_image = r < p / 2, (r >= p / 2) & (r < p)
+    out = dict(batch)
+    out["numerical"] = batch["numerical"].masked_fill(no_table[:, None], float("nan"))
+    out["categorical"] = batch["categorical"].masked_fill(no_table[:, None], -1)
+    out["volume_present"] = ~no_image
+    return out
 
 
 def rng_state() -> dict[str, Any]:
@@ -665,6 +690,8 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
             with sync:
                 with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32,
                                     enabled=rt.amp_dtype is not None):
+                    if cfg.modality == "both":
+                        batch = modality_dropout(batch, cfg.modality_dropout)
                     logits = forward(net, batch, cfg.modality, rt.device)
                     loss = criterion(logits.float(), batch["label"].to(rt.device))
                 scaler.scale(loss / cfg.accum_steps).backward()

@@ -167,3 +167,18 @@ def test_four_class_task_needs_enough_patients_per_class(shared_dirs, tmp_path):
     phantom, cache = shared_dirs
     with pytest.raises(ValueError, match="too small to stratify"):
         run(parse_args(small_args(phantom, cache, tmp_path, "--task", "4class")))
+
+
+def test_modality_dropout_hides_one_modality_never_both():
+    from trainer import modality_dropout
+
+    n = 400
+    batch = {"volume": torch.rand(n, 1, 2, 4, 4), "numerical": torch.zeros(n, 2),
+             "categorical": torch.zeros(n, 5, dtype=torch.long), "label": torch.zeros(n, dtype=torch.long)}
+    assert modality_dropout(batch, 0.0) is batch
+    out = modality_dropout(batch, 0.5)
+    no_table = out["numerical"].isnan().all(1) & (out["categorical"] == -1).all(1)
+    no_image = ~out["volume_present"]
+    assert not (no_table & no_image).any()
+    assert 0.15 < no_table.float().mean() < 0.35 and 0.15 < no_image.float().mean() < 0.35
+    assert torch.equal(out["volume"], batch["volume"]) and not batch["numerical"].isnan().any()
