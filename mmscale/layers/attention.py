@@ -136,9 +136,8 @@ class ChannelAttention3d(nn.Module):
         avg, mx = channel_pool(x, backend=self.backend)
         w1 = self.fc1.weight.flatten(1)  # [r, C]
         w2 = self.fc2.weight.flatten(1)  # [C, r]
-        z = F.linear(F.relu(F.linear(torch.cat([avg, mx]), w1)), w2)  # [2B, C]
-        avg_z, max_z = z.chunk(2)
-        return torch.sigmoid(avg_z + max_z)[:, :, None, None, None]
+        z = F.linear(F.relu(F.linear(torch.stack([avg, mx]), w1)), w2)  # [2, B, C]
+        return torch.sigmoid(z[0] + z[1])[:, :, None, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply channel attention.
@@ -333,27 +332,6 @@ class MultiScaleDepthwiseConv3d(nn.Module):
         )
 
 
-def shuffle_permutation(channels: int, groups: int) -> list[int]:
-    """Source channel of every output channel of a channel shuffle.
-
-    The shuffle views channels as ``[groups, channels // groups]``, swaps the two
-    axes and flattens, so output channel ``j`` reads input channel ``perm[j]``.
-
-    Args:
-        channels (int): number of channels (a multiple of ``groups``).
-        groups (int): shuffle groups.
-
-    Returns:
-        list[int]: ``perm`` with ``shuffled[:, j] = x[:, perm[j]]``.
-
-    Example:
-        >>> shuffle_permutation(6, 2)
-        [0, 3, 1, 4, 2, 5]
-    """
-    per_group = channels // groups
-    return [(j % groups) * per_group + j // groups for j in range(channels)]
-
-
 class MultiScaleConvBlock3d(nn.Module):
     """Multi-scale convolution block (MSCB) of E3D-MSCA.
 
@@ -413,19 +391,16 @@ class MultiScaleConvBlock3d(nn.Module):
             self.shortcut = nn.Conv3d(in_channels, self.out_channels, 1, bias=False)
         else:
             self.shortcut = None
-        perm = shuffle_permutation(combined, self.shuffle_groups)
-        # y = W @ shuffle(z) = W[:, inverse] @ z: the shuffle becomes a column gather
-        self._unshuffle = sorted(range(combined), key=perm.__getitem__)
-        self._unshuffle_cache: dict[torch.device, torch.Tensor] = {}
 
     def _project_weight(self) -> torch.Tensor:
+        """The projection weight with the channel shuffle folded in, [C_out, combined].
+
+        The shuffle sends input channel ``a * (n / g) + b`` to position ``b * g + a``,
+        so ``W @ shuffle(z) = W' @ z`` with ``W'[:, a * (n / g) + b] = W[:, b * g + a]``:
+        a reshape of ``W``, no data movement on the activations.
+        """
         w = self.project.weight.flatten(1)  # [C_out, combined]
-        index = self._unshuffle_cache.get(w.device)
-        if index is None:
-            with torch.inference_mode(False):  # a cached inference tensor would poison later autograd
-                index = torch.tensor(self._unshuffle, device=w.device)
-            self._unshuffle_cache[w.device] = index
-        return w.index_select(1, index)
+        return rearrange(w, "o (b a) -> o (a b)", a=self.shuffle_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the block.

@@ -327,3 +327,14 @@ def test_inference_mode_matches_eval_with_grad():
     with torch.inference_mode():
         fast = layer(x)
     assert_close(fast, layer(x.requires_grad_()).detach(), torch.float32)
+
+
+def test_torch_export_with_a_dynamic_batch():
+    layer = MultiScaleConvAttention3d(8, kernel_sizes=(1, 3)).eval()
+    randomise_bn(layer)
+    x = torch.randn(2, 8, 3, 6, 6)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(layer, (x,), dynamic_shapes={"x": {0: batch}})
+    other = torch.randn(5, 8, 3, 6, 6)
+    with torch.no_grad():
+        assert_close(program.module()(other), layer(other), torch.float32)
