@@ -45,7 +45,7 @@ from mmscale.models import MMCAFNet
 TASKS = {"ag": ("A", "G"), "4class": ("A", "B", "E", "G")}
 MODALITIES = ("image", "table", "both")
 METRIC_KEYS = ("auroc", "acc", "f1", "specificity", "sensitivity", "ppv", "npv")
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 # The phantom's slices are 128 px with lesions of 3-10 px radius: a small window around
 # the lesion carries all the evidence and keeps the CPU demo fast.
 PHANTOM_CROP = {"depth": 8, "resize": 128, "crop": 24, "margin": 4}
@@ -119,7 +119,7 @@ class TrainConfig:
     amp: str = "auto"
     patience: int = 10
     freeze_epochs: int = 0
-    modality_dropout: float = 0.0
+    modality_dropout: float = 0.4
     class_weights: bool = True
     seed: int = 0
     num_workers: int = 0

@@ -160,10 +160,14 @@ def _add_lesion(rng, vol, lungs, a, spacing):
     ry, rz = radius_mm / dy, radius_mm / dz
     lung = lungs[int(rng.integers(2))]
     pts = np.argwhere(lung)
-    # Keep the lesion inside the lung: pick a centre at least ry from the lung edge.
-    for _ in range(200):
+    # Keep the lesion inside the lung, and (when the lung is wide enough) away from the
+    # chest wall so that a small crop around it is mostly lung: the wall and the spine
+    # are brighter than any lesion and would otherwise dominate a max-pooled feature.
+    reach = max(ry + 1, 9.0 * size / 128)
+    for tries in range(400):
         cy, cx = pts[int(rng.integers(len(pts)))].astype(float)
-        y0, y1, x0, x1 = int(cy - ry - 1), int(cy + ry + 1), int(cx - ry - 1), int(cx + ry + 1)
+        m = reach if tries < 300 else ry + 1
+        y0, y1, x0, x1 = int(cy - m), int(cy + m), int(cx - m), int(cx + m)
         if y0 >= 0 and x0 >= 0 and y1 < size and x1 < size and lung[y0:y1 + 1, x0:x1 + 1].all():
             break
     lo = max(2, int(np.ceil(rz)))
