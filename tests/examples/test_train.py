@@ -182,3 +182,19 @@ def test_modality_dropout_hides_one_modality_never_both():
     assert not (no_table & no_image).any()
     assert 0.15 < no_table.float().mean() < 0.35 and 0.15 < no_image.float().mean() < 0.35
     assert torch.equal(out["volume"], batch["volume"]) and not batch["numerical"].isnan().any()
+
+
+def test_real_collection_arguments(shared_dirs, tmp_path):
+    """--data-dir/--clinical/--annotations: the path taken for the real download."""
+    from train import parse_args
+    from trainer import run
+
+    phantom, _ = shared_dirs
+    args = small_args(phantom, tmp_path / "cache", tmp_path / "out", "--epochs", "1")
+    args = args[4:]  # drop --phantom-dir/--phantom-patients: this is "real" data now
+    cfg = parse_args(["--data-dir", str(phantom), "--clinical", str(next(phantom.glob("*.xlsx"))),
+                      "--annotations", str(next(phantom.glob("*Annotations*"))), "--resize", "64",
+                      *args])
+    assert cfg.crop_config().resize == 64 and cfg.crop_config().depth == 4
+    metrics = run(cfg)
+    assert metrics["task"] == "ag" and (tmp_path / "out" / "metrics.json").is_file()
