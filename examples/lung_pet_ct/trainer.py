@@ -623,7 +623,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
 
     torch.manual_seed(cfg.seed + 1000 * fold)
     model = build_model(cfg, schema, crop.channels).to(rt.device)
-    opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ds_train = train_set.dataset(crop.crop, train=True, seed=cfg.seed + 1000 * fold)
     per_rank = math.ceil(len(ds_train) / rt.world)
     steps_per_epoch = math.ceil(math.ceil(per_rank / cfg.batch_size) / cfg.accum_steps)
@@ -638,7 +638,8 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
 
     start, best, bad, history, finished = 0, -math.inf, 0, [], False
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=rt.device, weights_only=True)
+        # On the CPU: RNG states must stay CPU tensors; the loaders move the rest.
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["split"] != split.to_dict():
             raise ValueError(f"resume: {ckpt_path} was trained on another split (seed/folds changed?)")
         model.load_state_dict(state["model"])
@@ -705,7 +706,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         ran += 1
 
-        stop = torch.zeros(1)
+        stop = torch.zeros(1, device=rt.device)  # nccl broadcasts CUDA tensors only
         if rt.main:
             probs = predict_probs(model, val_set.dataset(crop.crop, False, 0), cfg, rt)
             val = compute_metrics(val_set.labels, probs, cfg.classes)
