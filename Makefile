@@ -28,3 +28,6 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+docs: $(VENV)/.installed
+	$(PY) -m mkdocs build --strict --site-dir site
