@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,36 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mmscale  # noqa: E402
+from benchmarks._common import peak_memory_mib, versions  # noqa: E402
 from benchmarks.naive import NaiveMultiScaleConvAttention3d  # noqa: E402
 from mmscale import MultiScaleConvAttention3d  # noqa: E402
 
 REFERENCE_SHAPES = [(2, 256, 6, 48, 48), (2, 512, 3, 24, 24), (2, 1024, 2, 12, 12)]
 GPU_SHAPES = [(8, 128, 32, 96, 96)]
 QUICK_SHAPES = [(2, 16, 3, 12, 12), (1, 24, 2, 7, 11)]
-
-
-def versions() -> dict:
-    info = {
-        "mmscale": mmscale.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    else:
-        info["device"] = platform.processor() or platform.machine()
-    return info
 
 
 def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
@@ -144,17 +120,6 @@ def time_cuda(steps: dict) -> dict[str, float]:
     return out
 
 
-def peak_memory_mb(step, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def check_agreement(variants: dict, x: torch.Tensor) -> float:
     """Largest relative difference of any variant's eval output from naive eager's."""
     outs = {}
@@ -179,7 +144,7 @@ def run(args) -> dict:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" and not args.quick else [])
     rounds = args.rounds or (3 if args.quick else 5)
-    info = versions()
+    info = versions(device)
     print(f"mmscale {info['mmscale']}  torch {info['torch']}  triton {info['triton']}  "
           f"device {info['device']}  threads {info['threads']}")
     results = []
@@ -202,7 +167,7 @@ def run(args) -> dict:
                     ms = time_cuda(steps)
                 else:
                     ms = time_interleaved(steps, rounds, device)
-                mem = {n: peak_memory_mb(s, device) for n, s in steps.items()} if train else {}
+                mem = {n: peak_memory_mib(s, device) for n, s in steps.items()} if train else {}
                 row = {
                     "shape": list(shape),
                     "dtype": str(dtype).replace("torch.", ""),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,36 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mmscale  # noqa: E402
+from benchmarks._common import versions  # noqa: E402
 from mmscale import MMCAFNet  # noqa: E402
 
 SHAPES = {"tiny": (1, 16, 64, 64), "paper": (1, 12, 192, 192)}
 QUICK_SHAPE = (1, 8, 32, 32)
-
-
-def versions(device: torch.device) -> dict:
-    """Versions and device description for the report."""
-    info = {
-        "mmscale": mmscale.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
-    return info
 
 
 def time_steps(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
@@ -164,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--presets: unknown preset {p!r} (choose from {sorted(SHAPES)})")
 
     info = versions(device)
-    print("device:", info["device"], info.get("device_name"), "| torch", info["torch"],
+    print("device:", info["device"], "| torch", info["torch"],
           "| triton", info["triton"], "| threads", info["threads"])
     rows = [bench_preset(p, args, device) for p in presets]
 
