@@ -62,12 +62,16 @@ def _volume(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rearrange(rows, "(b d h w) c -> b c d h w", b=b, d=d, h=h, w=w)
 
 
-def _bn_state(bn: nn.modules.batchnorm._BatchNorm, training: bool):
+def _bn_state(bn: nn.modules.batchnorm._BatchNorm):
     """Mirror ``nn.BatchNorm3d.forward``'s bookkeeping; return the ``F.batch_norm`` arguments.
 
-    Returns ``(running_mean, running_var, use_batch_stats, momentum)`` and, in
-    training mode with tracked statistics, increments ``num_batches_tracked``.
+    Uses the BatchNorm's own ``training`` flag (a frozen BN inside a training model
+    keeps its running statistics, as it would when called). Returns ``(weight, bias,
+    running_mean, running_var, use_batch_stats, momentum)`` with ``weight``/``bias``
+    materialised as ones/zeros when ``affine=False``, and increments
+    ``num_batches_tracked`` in training mode with tracked statistics.
     """
+    training = bn.training
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -77,18 +81,45 @@ def _bn_state(bn: nn.modules.batchnorm._BatchNorm, training: bool):
     track = not training or bn.track_running_stats
     rm = bn.running_mean if track else None
     rv = bn.running_var if track else None
-    return rm, rv, use_batch_stats, momentum
+    weight = bn.weight
+    bias = bn.bias
+    if weight is None or bias is None:
+        like = rm if rm is not None else torch.empty(bn.num_features)
+        weight = torch.ones_like(like) if weight is None else weight
+        bias = torch.zeros_like(like) if bias is None else bias
+    return weight, bias, rm, rv, use_batch_stats, momentum
 
 
-def _linear_bn(
-    rows: torch.Tensor, weight: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, training: bool
-) -> torch.Tensor:
+def _linear_bn(rows: torch.Tensor, weight: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """``BN(rows @ weight.T)`` with BN folded into the matrix when running statistics are used."""
-    rm, rv, use_batch_stats, momentum = _bn_state(bn, training)
+    gamma, beta, rm, rv, use_batch_stats, momentum = _bn_state(bn)
     if use_batch_stats:
-        return F.batch_norm(F.linear(rows, weight), rm, rv, bn.weight, bn.bias, True, momentum, bn.eps)
-    scale = bn.weight * torch.rsqrt(rv + bn.eps)
-    return F.linear(rows, weight * scale[:, None], bn.bias - rm * scale)
+        return F.batch_norm(F.linear(rows, weight), rm, rv, gamma, beta, True, momentum, bn.eps)
+    scale = gamma * torch.rsqrt(rv + bn.eps)
+    return F.linear(rows, weight * scale[:, None], beta - rm * scale)
+
+
+def _needs_submodule_calls(module: nn.Module) -> bool:
+    """Whether ``forward`` must call the submodules instead of reading their weights.
+
+    The fused path reads ``.weight`` tensors directly, so it would bypass forward
+    (pre-)hooks (pruning, feature extraction, Grad-CAM) and ``SyncBatchNorm``'s
+    cross-process statistics. In those cases the layer runs the plain composition.
+    """
+    for m in module.modules():
+        if m is module:
+            continue
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or isinstance(m, nn.SyncBatchNorm):
+            return True
+    return False
+
+
+def _check_batch_stats(x: torch.Tensor, bns) -> None:
+    if x.shape[0] * math.prod(x.shape[2:]) == 1 and any(bn.training for bn in bns):
+        raise ValueError(
+            f"x has one value per channel (shape {tuple(x.shape)}): BatchNorm in training mode needs "
+            "more than one (use a larger batch or volume, or eval mode)"
+        )
 
 
 class ChannelAttention3d(nn.Module):
@@ -134,6 +165,10 @@ class ChannelAttention3d(nn.Module):
             torch.Tensor: gate [B, C, 1, 1, 1] in (0, 1).
         """
         avg, mx = channel_pool(x, backend=self.backend)
+        if _needs_submodule_calls(self):
+            pooled = torch.cat([avg, mx])[:, :, None, None, None]  # [2B, C, 1, 1, 1]
+            avg_z, max_z = self.fc2(F.relu(self.fc1(pooled))).chunk(2)
+            return torch.sigmoid(avg_z + max_z)
         w1 = self.fc1.weight.flatten(1)  # [r, C]
         w2 = self.fc2.weight.flatten(1)  # [C, r]
         z = F.linear(F.relu(F.linear(torch.stack([avg, mx]), w1)), w2)  # [2, B, C]
@@ -309,19 +344,31 @@ class MultiScaleDepthwiseConv3d(nn.Module):
         return _like_input(self._run(x), x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        states = [_bn_state(b.bn, self.training) for b in self.branches]
+        if _needs_submodule_calls(self):
+            outs = [F.relu6(b.bn(b.conv(x))) for b in self.branches]
+            return torch.cat(outs, dim=1) if self.combine == "concat" else sum(outs[1:], outs[0])
+        _check_batch_stats(x, [b.bn for b in self.branches])
+        states = [(*_bn_state(b.bn), b.bn.eps) for b in self.branches]
+        if len({(s[4], s[5], s[6]) for s in states}) == 1:
+            return self._call_op(x, list(range(len(states))), states, self.combine)
+        # branches whose BatchNorms differ in mode, momentum or eps run one at a time
+        outs = [self._call_op(x, [i], states, "add") for i in range(len(states))]
+        return torch.cat(outs, dim=1) if self.combine == "concat" else sum(outs[1:], outs[0])
+
+    def _call_op(self, x: torch.Tensor, index: list[int], states: list, combine: str) -> torch.Tensor:
+        first = states[index[0]]
         return multiscale_depthwise_conv3d(
             x,
-            [b.conv.weight for b in self.branches],
-            [b.bn.weight for b in self.branches],
-            [b.bn.bias for b in self.branches],
-            [s[0] for s in states],
-            [s[1] for s in states],
-            states[0][2],
-            states[0][3],
-            self.branches[0].bn.eps,
+            [self.branches[i].conv.weight for i in index],
+            [states[i][0] for i in index],
+            [states[i][1] for i in index],
+            [states[i][2] for i in index],
+            [states[i][3] for i in index],
+            first[4],
+            first[5],
+            first[6],
             self.stride,
-            self.combine,
+            combine,
             backend=self.backend,
         )
 
@@ -419,18 +466,32 @@ class MultiScaleConvBlock3d(nn.Module):
         return _like_input(self._run(x), x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_submodule_calls(self):
+            return self._run_submodules(x)
+        _check_batch_stats(x, [self.expand_bn])
         # without autograd, elementwise steps run in place: fresh full-size buffers
         # (page faults on first touch) cost as much as the arithmetic here
         inplace = not (torch.is_grad_enabled() and (x.requires_grad or self.expand.weight.requires_grad))
         x_rows = _rows(x)  # [B*D*H*W, C_in]
-        h = _linear_bn(x_rows, self.expand.weight.flatten(1), self.expand_bn, self.training)
+        h = _linear_bn(x_rows, self.expand.weight.flatten(1), self.expand_bn)
         h = F.hardtanh(h, 0.0, 6.0, inplace=inplace)
         z = self.dwconv._run(_volume(h, x))  # [B, combined, D', H', W'] channels_last_3d
-        y = _linear_bn(_rows(z), self._project_weight(), self.project_bn, self.training)
+        y = _linear_bn(_rows(z), self._project_weight(), self.project_bn)
         if self.residual:
             skip = x_rows if self.shortcut is None else F.linear(x_rows, self.shortcut.weight.flatten(1))
             y = y.add_(skip) if inplace else y + skip
         return _volume(y, z)
+
+    def _run_submodules(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain composition, calling every submodule (hooks and SyncBatchNorm see their calls)."""
+        h = F.relu6(self.expand_bn(self.expand(x)))
+        z = self.dwconv._run(h)
+        n = z.shape[1]
+        z = rearrange(z, "b (g c) d h w -> b (c g) d h w", g=self.shuffle_groups, c=n // self.shuffle_groups)
+        y = self.project_bn(self.project(z))
+        if self.residual:
+            y = y + (x if self.shortcut is None else self.shortcut(x))
+        return y
 
     def extra_repr(self) -> str:
         return f"shuffle_groups={self.shuffle_groups}, residual={self.residual}"
@@ -522,11 +583,14 @@ class MultiScaleConvAttention3d(nn.Module):
                 ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, self.channels)
-        if resolve_backend(self.backend, x, op="gating", has_kernel=gating.HAS_TRITON_KERNEL) == "triton":
+        if _needs_submodule_calls(self):
+            return self.mscb(self.sa(self.ca(x)))
+        has_kernel = gating.HAS_TRITON_KERNEL and x.dtype in gating._KERNEL_DTYPES
+        if resolve_backend(self.backend, x, op="gating", has_kernel=has_kernel) == "triton":
             xc = x.contiguous(memory_format=_CL)
             g_c = self.ca.gate(xc)  # [B, C, 1, 1, 1]
-            g_s = self.sa.gate_from_pooled(spatial_pool(xc, g_c, backend="triton"))
-            gated = apply_gates(xc, g_c, g_s, backend="triton")
+            g_s = self.sa.gate_from_pooled(spatial_pool(xc, g_c, backend=self.backend))
+            gated = apply_gates(xc, g_c, g_s, backend=self.backend)
         else:
             g_c = self.ca.gate(x)  # [B, C, 1, 1, 1]
             # x * g_c is needed for the spatial pooling anyway: keep it (converted to
@@ -590,8 +654,10 @@ class UpConv3d(nn.Module):
         """
         check_volume(x, self.in_channels)
         up = F.interpolate(x.contiguous(memory_format=_CL), scale_factor=2, mode="trilinear", align_corners=True)
+        if _needs_submodule_calls(self):
+            return _like_input(self.pointwise(F.relu(self.bn(self.dwconv(up)))), x)
         z = depthwise_conv3d(up, self.dwconv.weight, (1, 1, 1), self.dwconv.padding)
-        rm, rv, use_batch_stats, momentum = _bn_state(self.bn, self.training)
-        z = F.relu(F.batch_norm(z, rm, rv, self.bn.weight, self.bn.bias, use_batch_stats, momentum, self.bn.eps))
+        gamma, beta, rm, rv, use_batch_stats, momentum = _bn_state(self.bn)
+        z = F.relu(F.batch_norm(z, rm, rv, gamma, beta, use_batch_stats, momentum, self.bn.eps))
         y = F.linear(_rows(z), self.pointwise.weight.flatten(1), self.pointwise.bias)
         return _like_input(_volume(y, z), x)

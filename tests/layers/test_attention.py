@@ -338,3 +338,80 @@ def test_torch_export_with_a_dynamic_batch():
     other = torch.randn(5, 8, 3, 6, 6)
     with torch.no_grad():
         assert_close(program.module()(other), layer(other), torch.float32)
+
+
+def _batchnorms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_frozen_batchnorm_inside_a_training_model_keeps_running_stats():
+    reference, candidate, channels = make_pair("msca", torch.float64)
+    for model in (reference, candidate):
+        model.train()
+        for bn in _batchnorms(model):
+            bn.eval()  # the usual fine-tuning setup
+    x = torch.randn(2, channels, 2, 5, 5, dtype=torch.float64)
+    assert_close(candidate(x), reference(x))
+    assert_same_buffers(reference, candidate)
+    assert int(candidate.mscb.expand_bn.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batchnorm_variants_per_branch(train):
+    def variant(model):
+        branches = model.mscb.dwconv.branches
+        branches[1].bn = torch.nn.BatchNorm3d(branches[1].bn.num_features, eps=0.5)
+        branches[2].bn = torch.nn.BatchNorm3d(branches[2].bn.num_features, track_running_stats=False)
+        model.mscb.expand_bn = torch.nn.BatchNorm3d(model.mscb.expand_bn.num_features, affine=False)
+        branches[0].bn = torch.nn.BatchNorm3d(branches[0].bn.num_features, affine=False, momentum=None)
+        return model
+
+    reference = variant(NaiveMultiScaleConvAttention3d(6)).double()
+    candidate = variant(MultiScaleConvAttention3d(6, backend="torch")).double()
+    candidate.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 2, 5, 5, dtype=torch.float64)
+    ya, yb, gxa, gxb = run_pair(reference, candidate, x, train)
+    assert_close(yb, ya)
+    assert_close(gxb, gxa)
+    assert_same_grads(reference, candidate)
+    assert_same_buffers(reference, candidate)
+
+
+def test_forward_hooks_and_pruning_see_their_submodules():
+    reference, candidate, channels = make_pair("mscb", torch.float64)
+    calls = []
+    candidate.project.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    x = torch.randn(2, channels, 2, 5, 5, dtype=torch.float64)
+    assert_close(candidate.train()(x), reference.train()(x))
+    assert len(calls) == 1
+    # pruning re-computes the weight in a forward pre-hook: training must keep working
+    block = MultiScaleConvBlock3d(channels, backend="torch")
+    from torch.nn.utils import prune
+
+    prune.l1_unstructured(block.project, "weight", amount=0.5)
+    opt = torch.optim.SGD(block.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        block(torch.randn(2, channels, 2, 5, 5)).square().mean().backward()
+        opt.step()
+    assert (block.project.weight == 0).float().mean() >= 0.5
+
+
+def test_sync_batchnorm_is_called():
+    from unittest import mock
+
+    layer = torch.nn.SyncBatchNorm.convert_sync_batchnorm(MultiScaleConvAttention3d(4, backend="torch")).eval()
+    naive = torch.nn.SyncBatchNorm.convert_sync_batchnorm(NaiveMultiScaleConvAttention3d(4)).eval()
+    naive.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4, 2, 5, 5)
+    with mock.patch.object(torch.nn.SyncBatchNorm, "forward", autospec=True,
+                           side_effect=torch.nn.SyncBatchNorm.forward) as forward:
+        out = layer(x)
+    assert forward.call_count == 5  # expand, three branches, project
+    assert_close(out, naive(x), torch.float32)
+
+
+def test_single_value_per_channel_in_training_names_the_input():
+    layer = MultiScaleConvAttention3d(4).train()
+    with pytest.raises(ValueError, match="one value per channel"):
+        layer(torch.randn(1, 4, 1, 1, 1))
