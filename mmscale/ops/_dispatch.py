@@ -11,6 +11,7 @@ without a GPU).
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -173,13 +174,63 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str, has_kernel: bool = T
         return "triton" if reason is None and x.is_cuda else "torch"
     if reason is None:
         return "triton"
+    fallback(op, reason, warn_key=op)
+    return "torch"
+
+
+def fallback(op: str, reason: str, warn_key: str | None = None) -> None:
+    """Report that an explicit ``"triton"`` request for ``op`` runs in PyTorch instead.
+
+    Warns once per ``warn_key`` (default: per op and reason), or raises when
+    ``MMSCALE_STRICT=1``.
+
+    Args:
+        op (str): the op's name.
+        reason (str): why the kernels cannot run.
+        warn_key (str | None): what "once" is counted over.
+
+    Raises:
+        RuntimeError: when ``MMSCALE_STRICT=1``.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True):
+        ...     fallback("demo", "a reason")
+    """
     message = f"mmscale: {op}: backend='triton' requested but {reason}; using the PyTorch path"
     if strict():
         raise RuntimeError(message + " (MMSCALE_STRICT=1 makes this an error)")
-    if op not in _warned:
-        _warned.add(op)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return "torch"
+    key = warn_key or f"{op}: {reason}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+_KERNEL_MODULES: dict[str, object] = {}  # a plain dict, not lru_cache: Dynamo traces it
+
+
+def load_kernels(module: str):
+    """Import an op's Triton module on first use; None when it fails to import.
+
+    Kernels are imported lazily because Triton decides when a kernel is decorated
+    whether it runs compiled or through the interpreter (``TRITON_INTERPRET``).
+
+    Args:
+        module (str): dotted module name, e.g. ``"mmscale.ops.gating.triton"``.
+
+    Returns:
+        module | None: the imported module, or None for a broken Triton install.
+
+    Example:
+        >>> load_kernels("mmscale.ops.no_such_module") is None
+        True
+    """
+    if module not in _KERNEL_MODULES:
+        try:
+            _KERNEL_MODULES[module] = importlib.import_module(module)
+        except Exception:  # a broken Triton install: dispatch falls back (with a warning)
+            _KERNEL_MODULES[module] = None
+    return _KERNEL_MODULES[module]
 
 
 def cpu_autocast_enabled() -> bool:

@@ -159,9 +159,7 @@ def test_msdc_bad_combine_raises():
 def test_msdc_unsupported_arguments_fall_back_loudly(kernels_for, monkeypatch, stride, dtype, reason):
     """Stride 2 and float64 run the PyTorch path, with a warning that names why; strict raises."""
     kernels_for("cpu", "msdc")
-    from mmscale.ops import msdc
-
-    monkeypatch.setattr(msdc, "_warned", set())
+    monkeypatch.setattr(_dispatch, "_warned", set())
     params = _params((1, 2, 2, 4, 4), (1, 3), "cpu")
     params = [[t.to(dtype) for t in g] for g in params]
     h = torch.randn(1, 2, 2, 4, 4, dtype=dtype)

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from mmscale.ops._dispatch import resolve_backend
+from mmscale.ops._dispatch import load_kernels, resolve_backend
 from mmscale.ops.gating.reference import (
     apply_gates_reference,
     channel_pool_reference,
@@ -34,17 +34,8 @@ HAS_TRITON_KERNEL = importlib.util.find_spec("triton") is not None
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-_KERNELS: dict[str, ModuleType | None] = {}  # filled on first use (a plain dict: Dynamo traces it)
-
-
 def _triton_module() -> ModuleType | None:
-    if "module" not in _KERNELS:
-        try:
-            from mmscale.ops.gating import triton as kernels
-        except Exception:  # a broken Triton install: dispatch falls back (with a warning)
-            kernels = None
-        _KERNELS["module"] = kernels
-    return _KERNELS["module"]
+    return load_kernels("mmscale.ops.gating.triton")
 
 
 def _use_triton(backend: str, op: str, *tensors: torch.Tensor) -> ModuleType | None:

@@ -14,13 +14,12 @@ gradients come back in each parameter's own dtype.
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
 import torch
 
-from mmscale.ops._dispatch import requested_backend, resolve_backend, strict
+from mmscale.ops._dispatch import fallback, load_kernels, requested_backend, resolve_backend
 from mmscale.ops.msdc.reference import (
     multiscale_depthwise_conv3d_reference,
     multiscale_depthwise_conv3d_torch,
@@ -36,20 +35,10 @@ HAS_TRITON_KERNEL = importlib.util.find_spec("triton") is not None
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_BRANCHES = 4  # mirrors mmscale.ops.msdc.triton.MAX_BRANCHES without importing Triton
-_warned: set[str] = set()
-
-
-_KERNELS: dict[str, ModuleType | None] = {}  # filled on first use (a plain dict: Dynamo traces it)
 
 
 def _triton_module() -> ModuleType | None:
-    if "module" not in _KERNELS:
-        try:
-            from mmscale.ops.msdc import triton as kernels
-        except Exception:  # a broken Triton install: dispatch falls back (with a warning)
-            kernels = None
-        _KERNELS["module"] = kernels
-    return _KERNELS["module"]
+    return load_kernels("mmscale.ops.msdc.triton")
 
 
 def _unsupported(h: torch.Tensor, weights: Sequence[torch.Tensor], stride, combine: str) -> str | None:
@@ -68,12 +57,7 @@ def _unsupported(h: torch.Tensor, weights: Sequence[torch.Tensor], stride, combi
 
 
 def _fallback(reason: str) -> None:
-    message = f"mmscale: multiscale_depthwise_conv3d: backend='triton' requested but {reason}; using the PyTorch path"
-    if strict():
-        raise RuntimeError(message + " (MMSCALE_STRICT=1 makes this an error)")
-    if reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    fallback("multiscale_depthwise_conv3d", reason)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
