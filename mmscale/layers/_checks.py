@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 
 def positive_int(value: object, name: str) -> int:
-    """Return ``value`` if it is an int >= 1, else raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as an int if it is an integer >= 1 (numpy integers too), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
+
+
+def check_dtype(x: torch.Tensor, weight: torch.Tensor, name: str = "x") -> None:
+    """Raise ``TypeError`` when ``x`` and the layer's weights differ in dtype outside autocast."""
+    if x.dtype == weight.dtype:
+        return
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        autocast = torch.is_autocast_cpu_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
+    if not autocast:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the layer's weights are {weight.dtype}: convert one of them "
+            f"(e.g. layer.to({x.dtype})) or run under torch.autocast"
+        )
 
 
 def odd_triple(value: object, name: str) -> tuple[int, int, int]:

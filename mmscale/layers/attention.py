@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmscale.layers._checks import check_volume, odd_triple, positive_int, triple
+from mmscale.layers._checks import check_dtype, check_volume, odd_triple, positive_int, triple
 from mmscale.ops import (
     apply_gates,
     channel_pool,
@@ -190,6 +190,7 @@ class ChannelAttention3d(nn.Module):
                 ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, self.channels)
+        check_dtype(x, self.fc1.weight)
         return x * self.gate(x)
 
     def extra_repr(self) -> str:
@@ -257,6 +258,7 @@ class SpatialAttention3d(nn.Module):
                 ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, None)
+        check_dtype(x, self.conv.weight)
         return x * self.gate(x)
 
     def extra_repr(self) -> str:
@@ -341,6 +343,7 @@ class MultiScaleDepthwiseConv3d(nn.Module):
             ValueError: if ``x`` is not [B, C, D, H, W] with C = ``channels``.
         """
         check_volume(x, self.channels)
+        check_dtype(x, self.branches[0].conv.weight)
         return _like_input(self._run(x), x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -463,6 +466,7 @@ class MultiScaleConvBlock3d(nn.Module):
             ValueError: if ``x`` is not [B, C_in, D, H, W].
         """
         check_volume(x, self.in_channels)
+        check_dtype(x, self.expand.weight)
         return _like_input(self._run(x), x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -583,6 +587,7 @@ class MultiScaleConvAttention3d(nn.Module):
                 ``MMSCALE_STRICT=1`` (see :mod:`mmscale.ops`).
         """
         check_volume(x, self.channels)
+        check_dtype(x, self.mscb.expand.weight)
         if _needs_submodule_calls(self):
             return self.mscb(self.sa(self.ca(x)))
         has_kernel = gating.HAS_TRITON_KERNEL and x.dtype in gating._KERNEL_DTYPES
@@ -653,6 +658,7 @@ class UpConv3d(nn.Module):
             ValueError: if ``x`` is not [B, C_in, D, H, W].
         """
         check_volume(x, self.in_channels)
+        check_dtype(x, self.dwconv.weight)
         up = F.interpolate(x.contiguous(memory_format=_CL), scale_factor=2, mode="trilinear", align_corners=True)
         if _needs_submodule_calls(self):
             return _like_input(self.pointwise(F.relu(self.bn(self.dwconv(up)))), x)

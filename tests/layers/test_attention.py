@@ -415,3 +415,17 @@ def test_single_value_per_channel_in_training_names_the_input():
     layer = MultiScaleConvAttention3d(4).train()
     with pytest.raises(ValueError, match="one value per channel"):
         layer(torch.randn(1, 4, 1, 1, 1))
+
+
+@pytest.mark.parametrize("layer", [MultiScaleConvAttention3d(4), MultiScaleConvBlock3d(4), ChannelAttention3d(4),
+                                   SpatialAttention3d(3), MultiScaleDepthwiseConv3d(4), UpConv3d(4, 2)],
+                         ids=lambda m: type(m).__name__)
+def test_dtype_mismatch_names_the_input(layer):
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        layer(torch.randn(1, 4, 2, 4, 4, dtype=torch.float64))
+
+
+def test_numpy_integer_sizes_are_accepted():
+    np = pytest.importorskip("numpy")
+    layer = MultiScaleConvAttention3d(np.int64(8), expansion=np.int32(2))
+    assert layer.channels == 8 and isinstance(layer.channels, int)
