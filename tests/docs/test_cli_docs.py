@@ -22,6 +22,7 @@ SCRIPTS = {
     "benchmarks/attention_speed.py": "docs/benchmarks.md",
     "benchmarks/model_throughput.py": "docs/benchmarks.md",
     "benchmarks/kernel_speed.py": "docs/benchmarks.md",
+    "benchmarks/kernel_resources.py": "docs/kernels.md",
 }
 
 _FLAG = re.compile(r"add_argument\(\s*\"(--[a-z0-9][a-z0-9-]*)\"")

@@ -318,10 +318,17 @@ class _Geometry:
             off += kd * kh * kw
         self.taps = off
         self.kmax = tuple(max(k[i] for k in self.ks) for i in range(3))
-        self.BLOCK_S = block_s or pick_block(self.S, 16, 64)
+        # Tile shapes (4 warps each) keep every kernel free of register spills on sm_90,
+        # as compiled by ``benchmarks/kernel_resources.py --check``: a stencil tile holds
+        # 8 elements per thread (16 spill from 5x5 in-plane windows up), the input
+        # gradient of a window over 27 taps 4, and the filter gradient, which keeps one
+        # accumulator tile, 16.
+        stencil = self.kmax != (1, 1, 1)
+        self.BLOCK_S = block_s or pick_block(self.S, 16, 32 if stencil else 64)
         self.BLOCK_C = block_c or pick_block(E, 2, 32)
         self.n_sb = cdiv(self.S, self.BLOCK_S)
         self.T = B * self.n_sb
+        self.dw_block_s = block_s or pick_block(self.S, 16, 64)
 
     def branch_constexprs(self) -> dict[str, int]:
         out = {}
@@ -331,6 +338,11 @@ class _Geometry:
         out.update(NB=self.nb, KDM=self.kmax[0], KHM=self.kmax[1], KWM=self.kmax[2],
                    BLOCK_S=self.BLOCK_S, BLOCK_C=self.BLOCK_C)
         return out
+
+    def dx_block_s(self, k: int) -> int:
+        """Spatial tile of the input-gradient kernel for branch ``k``'s window."""
+        kd, kh, kw = self.ks[k]
+        return min(self.BLOCK_S, 16) if kd * kh * kw > 27 else self.BLOCK_S
 
     def tile_counts(self, device) -> torch.Tensor:
         """Valid voxels of every tile [T] (float32), in the kernels' tile order."""
@@ -463,7 +475,7 @@ def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool,
     dh32 = tu.empty(h.shape, device=h.device, dtype=torch.float32, memory_format=_CL)
     dws, sums = [], []
     for k, ks in enumerate(g.ks):
-        gk = _Geometry(h, [ks], block_s, block_c)
+        gk = _Geometry(h, [ks], g.BLOCK_S, g.BLOCK_C)  # the same tiles: the statistics line up
         w_k = wpack[g.offs[k]:g.offs[k] + gk.taps]
         prm_k = prm[:, k:k + 1].contiguous()
         dy_k = dy[:, k * g.E:(k + 1) * g.E] if concat else dy
@@ -471,16 +483,18 @@ def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool,
         _run_stencil(3, h, w_k, prm_k, dy_k, dz, pstat_k, gk, False)
         sums.append(pstat_k.sum(2)[:, 0])  # [2, E]: (sum du, sum du * zhat) of branch k
         # each program: branch k's share of the input gradient of one tile (transposed stencil)
-        _msdc_bwd_dx_kernel[(g.n_sb, cdiv(g.E, g.BLOCK_C), g.B)](
+        dx_bs = g.dx_block_s(k)
+        _msdc_bwd_dx_kernel[(cdiv(g.S, dx_bs), cdiv(g.E, g.BLOCK_C), g.B)](
             dz, w_k, dh32, g.B, g.E, g.D, g.H, g.W, g.S, *dh32.stride(), ACCUMULATE=k > 0,
-            **gk.branch_constexprs(),
+            **dict(gk.branch_constexprs(), BLOCK_S=dx_bs),
         )
-        splits = min(g.T, 64)
+        n_dw = cdiv(g.S, g.dw_block_s)
+        splits = min(g.B * n_dw, 64)
         pdw = tu.empty(splits, gk.taps, g.E, device=h.device, dtype=torch.float32)
         # each program: one tap x BLOCK_C channels of the filter gradient over every splits-th tile
         _msdc_bwd_dw_kernel[(gk.taps, cdiv(g.E, g.BLOCK_C), splits)](
-            h, dz, _tap_table(gk, h.device), pdw, g.B, g.E, g.D, g.H, g.W, g.S, g.n_sb, gk.taps, splits,
-            *h.stride(), BLOCK_S=g.BLOCK_S, BLOCK_C=g.BLOCK_C,
+            h, dz, _tap_table(gk, h.device), pdw, g.B, g.E, g.D, g.H, g.W, g.S, n_dw, gk.taps, splits,
+            *h.stride(), BLOCK_S=g.dw_block_s, BLOCK_C=g.BLOCK_C,
         )
         dws.append(pdw.sum(0))
     if not use_batch_stats:  # in eval the per-branch sums are the BN parameter gradients
