@@ -35,9 +35,11 @@ step() {  # step NAME SECONDS COMMAND...
     python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('triton', triton.__version__); print(torch.cuda.get_device_name())"
 } > "$DIR/environment.txt" 2>&1
 
-step copy_bandwidth 30 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
-step pytest_gpu 80 python -m pytest tests -m gpu -q -p no:cacheprovider -x --junitxml="$DIR/pytest_gpu.xml"
-step kernel_speed 80 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
+# pytest-xdist, where installed, compiles the tests' kernel variants in parallel
+XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n 4")
+step copy_bandwidth 20 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
+step pytest_gpu 100 python -m pytest tests -m gpu -q -p no:cacheprovider $XDIST --junitxml="$DIR/pytest_gpu.xml"
+step kernel_speed 70 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
 step attention_speed 100 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
     --rounds 3 --json "$DIR/attention_speed.json"
 
