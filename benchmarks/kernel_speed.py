@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import peak_memory_mib  # noqa: E402
+from benchmarks._common import versions as common_versions  # noqa: E402
 
 # block inputs [B, C, D, H, W]; the depthwise stage sees E = 2 C channels (expansion 2)
 REFERENCE_SHAPES = [(2, 256, 6, 48, 48), (2, 512, 3, 24, 24), (2, 1024, 2, 12, 12), (8, 128, 32, 96, 96)]
@@ -44,19 +46,10 @@ DEVICE = "cuda"
 
 
 def versions() -> dict:
-    import triton
-
+    info = common_versions(DEVICE)
     if DEVICE == "cpu":
-        return {"torch": torch.__version__, "triton": triton.__version__, "device": "cpu (interpreter smoke run)"}
-    return {
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "device": torch.cuda.get_device_name(),
-        "capability": list(torch.cuda.get_device_capability()),
-        "python": platform.python_version(),
-    }
+        info["device"] = "cpu (interpreter smoke run)"
+    return info
 
 
 def bench(fn) -> float:
@@ -93,18 +86,6 @@ def _msdc_inputs(shape, dtype, seed=0):
     means = [torch.zeros(e, device=DEVICE, dtype=dtype) for _ in ks]
     varis = [torch.ones(e, device=DEVICE, dtype=dtype) for _ in ks]
     return x, weights, gammas, betas, means, varis
-
-
-def _peak_mib(step) -> float:
-    if DEVICE == "cpu":
-        step()
-        return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def _msdc_step(fn, h, ws, gs, bs, means, varis, train: bool, dy, **kw):
@@ -162,8 +143,8 @@ def measure_msdc(shape, dtype, copy_gbs: float) -> list[dict]:
         row["tflop_per_s"] = flops / row["triton_ms"] / 1e9
         row["speedup_vs_torch"] = row["torch_ms"] / row["triton_ms"]
         if train:
-            row["peak_mib_triton"] = _peak_mib(variants["triton"])
-            row["peak_mib_reference"] = _peak_mib(run(multiscale_depthwise_conv3d_reference))
+            row["peak_mib_triton"] = peak_memory_mib(variants["triton"], DEVICE)
+            row["peak_mib_reference"] = peak_memory_mib(run(multiscale_depthwise_conv3d_reference), DEVICE)
         rows.append(row)
     return rows
 
@@ -207,7 +188,7 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        peak = f"{r['peak_mib_triton']:.0f}/{r['peak_mib_reference']:.0f}" if "peak_mib_triton" in r else ""
+        peak = f"{r['peak_mib_triton']:.0f}/{r['peak_mib_reference']:.0f}" if r.get("peak_mib_triton") is not None else ""
         tf = f"{r['tflop_per_s']:.2f}" if "tflop_per_s" in r else ""
         print(f"{r['op']:<13}{'x'.join(map(str, r['shape'])):<24}{r['dtype']:<9}{r['pass']:<6}"
               f"{r['triton_ms']:>10.3f}{r['torch_ms']:>10.3f}{r['speedup_vs_torch']:>7.2f}"
