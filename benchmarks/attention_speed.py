@@ -143,11 +143,14 @@ def run(args) -> dict:
     if args.shape:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" and not args.quick else [])
+    if args.dtypes:
+        dtypes = [_dtype(d) for d in args.dtypes.split(",")]
     rounds = args.rounds or (3 if args.quick else 5)
     info = versions(device)
     print(f"mmscale {info['mmscale']}  torch {info['torch']}  triton {info['triton']}  "
           f"device {info['device']}  threads {info['threads']}")
     results = []
+    report = {"versions": info, "device": str(device), "rounds": rounds, "results": results}
     for shape in shapes:
         for dtype in dtypes:
             variants = build_variants(shape[1], backends, device, dtype)
@@ -180,7 +183,26 @@ def run(args) -> dict:
                 }
                 results.append(row)
                 print_row(row)
-    return {"versions": info, "device": str(device), "rounds": rounds, "results": results}
+                write_json(args.json, report)  # after every row: a time limit keeps what was measured
+    return report
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.strip(), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise SystemExit(f"--dtypes: {name!r} is not a floating-point torch dtype (float32, bfloat16, float16)")
+    return dtype
+
+
+def write_json(path: str | None, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically (nothing when ``path`` is None)."""
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
 
 
 def print_row(row: dict) -> None:
@@ -206,17 +228,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per measurement")
     parser.add_argument("--shape", action="append", default=None,
                         help="B,C,D,H,W to run instead of the default shapes (repeatable)")
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma list of dtypes (default: float32, plus bfloat16 on CUDA)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file (after every row)")
     parser.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
     args = parser.parse_args(argv)
     report = run(args)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
     worst = max(r["max_rel_diff"] for r in report["results"])
     tol = 1e-2 if any(r["dtype"] != "float32" for r in report["results"]) else 1e-4
     if worst > tol:
