@@ -40,9 +40,7 @@ CASES = [
 ]
 
 
-def _dtypes(device):
-    # no bfloat16 arithmetic in the interpreter
-    return [torch.float32, torch.float16] if device == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _volume(shape, device, dtype, layout, seed=0):
@@ -92,7 +90,7 @@ def _run_pair(fn, ref_fn, args, dtype):
 def test_channel_pool(kernels_for, small_blocks, device, shape, layout):
     kernels_for(device, "gating")
     small_blocks(8, 4)
-    for dtype in _dtypes(device):
+    for dtype in DTYPES:
         x = _volume(shape, device, dtype, layout)
         avg, mx = _run_pair(channel_pool, channel_pool_reference, [x], dtype)
         assert avg.dtype == mx.dtype == dtype and avg.shape == shape[:2]
@@ -103,7 +101,7 @@ def test_channel_pool(kernels_for, small_blocks, device, shape, layout):
 def test_spatial_pool(kernels_for, small_blocks, device, shape, layout):
     kernels_for(device, "gating")
     small_blocks(8, 4)
-    for dtype in _dtypes(device):
+    for dtype in DTYPES:
         x = _volume(shape, device, dtype, layout)
         gate = torch.rand(shape[0], shape[1], 1, 1, 1, generator=torch.Generator().manual_seed(2))
         out, = _run_pair(spatial_pool, spatial_pool_reference, [x, gate.to(device, dtype)], dtype)
@@ -115,7 +113,7 @@ def test_spatial_pool(kernels_for, small_blocks, device, shape, layout):
 def test_apply_gates(kernels_for, small_blocks, device, shape, layout):
     kernels_for(device, "gating")
     small_blocks(8, 4)
-    for dtype in _dtypes(device):
+    for dtype in DTYPES:
         x = _volume(shape, device, dtype, layout)
         gen = torch.Generator().manual_seed(3)
         gc = torch.rand(shape[0], shape[1], 1, 1, 1, generator=gen).to(device, dtype)

@@ -76,11 +76,11 @@ def test_compile_fullgraph_matches_eager(kernels_for, train, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_autocast_casts_msdc_input_like_conv3d(kernels_for, device):
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_autocast_casts_msdc_input_like_conv3d(kernels_for, device, low):
     kernels_for(device, "msdc")
     w, g, b, rm, rv = _msdc_args(device=device)
     h = torch.randn(1, 3, 2, 5, 4, device=device)
-    low = torch.float16 if device == "cpu" else torch.bfloat16
     with torch.autocast(device, dtype=low):
         y = multiscale_depthwise_conv3d(h, w, g, b, rm, rv, False, 0.1, 1e-5, backend="triton")
         y.float().sum().backward()
@@ -94,7 +94,7 @@ def test_autocast_casts_msdc_input_like_conv3d(kernels_for, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_gating_promotes_like_pytorch(kernels_for, device):
     kernels_for(device, "gating")
-    for dtype in [torch.float16] + ([torch.bfloat16] if device == "cuda" else []):  # no bfloat16 in the interpreter
+    for dtype in (torch.float16, torch.bfloat16):
         _check_gating_promotion(dtype, device)
 
 
