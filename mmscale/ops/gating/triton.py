@@ -100,7 +100,7 @@ def _channel_pool_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_b, i_s, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_s, m_c = o_s < S, o_c < C
@@ -131,7 +131,7 @@ def _spatial_pool_fwd_kernel(
     stride_ob, stride_oc, stride_od, stride_oh, stride_ow,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_b, i_s = tl.program_id(0), tl.program_id(1)
+    i_s, i_b = tl.program_id(0), tl.program_id(1)  # tiles on axis 0: 2^31 - 1 allowed
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     m_s = o_s < S
     i_d, i_h, i_w = _split_spatial(o_s, H, W)
@@ -174,7 +174,7 @@ def _spatial_pool_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_b, i_s, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_s, m_c = o_s < S, o_c < C
@@ -213,7 +213,7 @@ def _apply_gates_fwd_kernel(
     stride_yb, stride_yc, stride_yd, stride_yh, stride_yw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_b, i_s, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_s, m_c = o_s < S, o_c < C
@@ -245,7 +245,7 @@ def _apply_gates_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_b, i_s = tl.program_id(0), tl.program_id(1)
+    i_s, i_b = tl.program_id(0), tl.program_id(1)  # tiles on axis 0: 2^31 - 1 allowed
     o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
     m_s = o_s < S
     i_d, i_h, i_w = _split_spatial(o_s, H, W)
@@ -312,7 +312,7 @@ def _channel_pool_bwd(x, mx, cnt, davg, dmax, block_s=None, block_c=None):
     BLOCK_S, BLOCK_C = _blocks(S, C, block_s, block_c)
     dx = _empty_volume_like(x, x.dtype)
     # each program: the input gradient of one [BLOCK_S, BLOCK_C] tile
-    _channel_pool_bwd_kernel[(B, cdiv(S, BLOCK_S), cdiv(C, BLOCK_C))](
+    _channel_pool_bwd_kernel[(cdiv(S, BLOCK_S), cdiv(C, BLOCK_C), B)](
         x, mx, cnt, davg, dmax, dx, C, D, H, W, S, *x.stride(), *davg.stride(), *dmax.stride(),
         *dx.stride(), BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
@@ -348,7 +348,7 @@ def _spatial_pool_fwd(x, g, block_s=None, block_c=None):
     mx = tu.empty(B, S, device=x.device, dtype=torch.float32)
     cnt = tu.empty(B, S, device=x.device, dtype=torch.int32)
     # each program: mean, max and tie count over all channels of BLOCK_S voxels
-    _spatial_pool_fwd_kernel[(B, cdiv(S, BLOCK_S))](
+    _spatial_pool_fwd_kernel[(cdiv(S, BLOCK_S), B)](
         x, g2, out, mx, cnt, C, D, H, W, S, *x.stride(), *g2.stride(), *out.stride(),
         BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
@@ -364,7 +364,7 @@ def _spatial_pool_bwd(x, g, mx, cnt, dout, block_s=None, block_c=None):
     dx = _empty_volume_like(x, torch.result_type(x, g))
     pdg = tu.empty(B, n_s, C, device=x.device, dtype=torch.float32)
     # each program: input gradient of one tile and its partial gate gradient
-    _spatial_pool_bwd_kernel[(B, n_s, cdiv(C, BLOCK_C))](
+    _spatial_pool_bwd_kernel[(n_s, cdiv(C, BLOCK_C), B)](
         x, g2, mx, cnt, dout, dx, pdg, C, D, H, W, S, n_s, *x.stride(), *g2.stride(),
         *dout.stride(), *dx.stride(), BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
@@ -379,7 +379,7 @@ def _apply_gates_fwd(x, gc, gs, block_s=None, block_c=None):
     gs4 = _gate_s(gs, B, D, H, W)
     y = _empty_volume_like(x, torch.promote_types(torch.result_type(x, gc), gs.dtype))
     # each program: one [BLOCK_S, BLOCK_C] tile of x * g_c * g_s
-    _apply_gates_fwd_kernel[(B, cdiv(S, BLOCK_S), cdiv(C, BLOCK_C))](
+    _apply_gates_fwd_kernel[(cdiv(S, BLOCK_S), cdiv(C, BLOCK_C), B)](
         x, gc2, gs4, y, C, D, H, W, S, *x.stride(), *gc2.stride(), *gs4.stride(), *y.stride(),
         BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
@@ -397,7 +397,7 @@ def _apply_gates_bwd(x, gc, gs, dy, block_s=None, block_c=None):
     dgs = tu.empty(B, S, device=x.device, dtype=torch.float32)
     pdgc = tu.empty(B, n_s, C, device=x.device, dtype=torch.float32)
     # each program: BLOCK_S voxels over all channels: dx, the full g_s gradient, partial g_c gradient
-    _apply_gates_bwd_kernel[(B, n_s)](
+    _apply_gates_bwd_kernel[(n_s, B)](
         x, gc2, gs4, dy, dx, dgs, pdgc, C, D, H, W, S, n_s, *x.stride(), *gc2.stride(),
         *gs4.stride(), *dy.stride(), *dx.stride(), BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
