@@ -13,9 +13,16 @@ axis is contiguous and a ``[BLOCK_S, BLOCK_C]`` tile is coalesced along C.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import triton
 import triton.language as tl
+
+_F = TypeVar("_F", bound=Callable)
 
 __all__ = [
     "block_override",
@@ -24,6 +31,7 @@ __all__ = [
     "empty",
     "empty_like",
     "has_custom_op",
+    "on_tensor_device",
     "offset_5d",
     "pick_block",
     "split_spatial",
@@ -62,6 +70,28 @@ def empty_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
     if POISON_OUTPUTS:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+def on_tensor_device(launcher: _F) -> _F:
+    """Run ``launcher`` with the current CUDA device set to its first tensor argument's.
+
+    Triton launches a kernel on the *current* device and stream; without this, a
+    tensor on ``cuda:1`` while ``cuda:0`` is current would reach a kernel on the wrong
+    GPU. CPU tensors (the interpreter) pass straight through.
+
+    Example:
+        >>> on_tensor_device(lambda x: x + 1)(torch.zeros(1))
+        tensor([1.])
+    """
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        guard = torch.cuda.device(first.device) if first is not None and first.is_cuda else contextlib.nullcontext()
+        with guard:
+            return launcher(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def has_custom_op() -> bool:

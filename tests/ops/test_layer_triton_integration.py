@@ -52,3 +52,23 @@ def test_attention_block_triton_backend_matches_torch_backend(kernels_for, monke
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
     for b, r in zip(fast.buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(b, r)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_run_on_the_tensors_device_not_the_current_one(kernels_for, monkeypatch):
+    kernels_for("cuda", "msdc")
+    kernels_for("cuda", "gating")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # a float32 comparison, not TF32
+    torch.manual_seed(0)
+    ref = MultiScaleConvAttention3d(4, kernel_sizes=(1, 3), reduction=2, spatial_kernel=3, backend="torch").train()
+    fast = copy.deepcopy(ref).to("cuda:1")
+    for module in fast.modules():
+        if hasattr(module, "backend"):
+            module.backend = "triton"
+    x = torch.randn(2, 4, 2, 5, 3).contiguous(memory_format=torch.channels_last_3d)
+    with torch.cuda.device(0):  # the current device is not the tensors' device
+        y = fast(x.to("cuda:1"))
+        y.sum().backward()
+    assert y.device == torch.device("cuda:1")
+    torch.testing.assert_close(y.cpu(), ref(x), atol=1e-5, rtol=1e-5)

@@ -286,6 +286,7 @@ def _blocks(S: int, C: int, block_s: int | None, block_c: int | None) -> tuple[i
     return block_s or pick_block(S, 16, 64), block_c or pick_block(C, 2, 32)
 
 
+@tu.on_tensor_device
 def _channel_pool_fwd(x, block_s=None, block_c=None, splits=None):
     B, C, D, H, W = x.shape
     S = D * H * W
@@ -306,6 +307,7 @@ def _channel_pool_fwd(x, block_s=None, block_c=None, splits=None):
     return avg.to(x.dtype), mx.to(x.dtype, copy=True), mx, cnt
 
 
+@tu.on_tensor_device
 def _channel_pool_bwd(x, mx, cnt, davg, dmax, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
@@ -339,6 +341,7 @@ def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad.sum_to_size(like.shape).to(like.dtype)
 
 
+@tu.on_tensor_device
 def _spatial_pool_fwd(x, g, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
@@ -355,6 +358,7 @@ def _spatial_pool_fwd(x, g, block_s=None, block_c=None):
     return out, mx, cnt
 
 
+@tu.on_tensor_device
 def _spatial_pool_bwd(x, g, mx, cnt, dout, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
@@ -371,6 +375,7 @@ def _spatial_pool_bwd(x, g, mx, cnt, dout, block_s=None, block_c=None):
     return dx, pdg.sum(1)
 
 
+@tu.on_tensor_device
 def _apply_gates_fwd(x, gc, gs, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W
@@ -386,6 +391,7 @@ def _apply_gates_fwd(x, gc, gs, block_s=None, block_c=None):
     return y
 
 
+@tu.on_tensor_device
 def _apply_gates_bwd(x, gc, gs, dy, block_s=None, block_c=None):
     B, C, D, H, W = x.shape
     S = D * H * W

@@ -404,6 +404,7 @@ def _merge_tile_stats(pstat: torch.Tensor, g: _Geometry) -> tuple[torch.Tensor, 
     return mean, m2
 
 
+@tu.on_tensor_device
 def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
                  use_batch_stats: bool, eps: float, concat: bool,
                  block_s: int | None = None, block_c: int | None = None):
@@ -453,6 +454,7 @@ def update_running_stats(running_means, running_vars, batch_mean, batch_var, mom
                 rv.mul_(1.0 - momentum).add_(batch_var[k].to(rv.dtype), alpha=momentum)
 
 
+@tu.on_tensor_device
 def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool, concat: bool,
                          block_s: int | None = None, block_c: int | None = None):
     """Backward launcher: ``(dh, dw [taps, E], dgamma [NB, E], dbeta [NB, E])``, the last three float32.
