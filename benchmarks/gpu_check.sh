@@ -18,6 +18,9 @@ export TRITON_DEFAULT_FP_FUSION=1
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-${TMPDIR:-/tmp}/mmscale_triton_cache}"  # compiled once, shared by the steps
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+# the interpreter that has torch: $PYTHON, else python3, else python
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+
 status=0
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
@@ -32,19 +35,19 @@ step() {  # step NAME SECONDS COMMAND...
 {
     date -u
     nvidia-smi || true
-    python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('triton', triton.__version__); print(torch.cuda.get_device_name())"
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('triton', triton.__version__); print(torch.cuda.get_device_name())"
 } > "$DIR/environment.txt" 2>&1
 
 # pytest-xdist, where installed, compiles the tests' kernel variants in parallel
-XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n 4")
-step copy_bandwidth 15 python benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
-step pytest_gpu 90 python -m pytest tests -m gpu -q -p no:cacheprovider $XDIST --junitxml="$DIR/pytest_gpu.xml"
+XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
+step copy_bandwidth 15 "$PY" benchmarks/kernel_speed.py --copy-only --json "$DIR/copy_bandwidth.json"
+step pytest_gpu 90 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider $XDIST --junitxml="$DIR/pytest_gpu.xml"
 # the benchmarks rewrite their JSON after every row: a step cut off at its limit keeps what it measured,
 # so the shapes that matter most come first (each needs its own torch.compile of the naive block)
-step attention_speed 120 python benchmarks/attention_speed.py --backends naive,compile,torch,triton \
+step attention_speed 120 "$PY" benchmarks/attention_speed.py --backends naive,compile,torch,triton \
     --shape 2,256,6,48,48 --shape 8,128,32,96,96 --shape 2,512,3,24,24 --shape 2,1024,2,12,12 \
     --json "$DIR/attention_speed.json"
-step kernel_speed 60 python benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
+step kernel_speed 60 "$PY" benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
 
 tail -n 3 "$DIR/pytest_gpu.log" >> "$DIR/summary.txt"
 cat "$DIR/summary.txt"

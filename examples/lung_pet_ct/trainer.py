@@ -637,6 +637,11 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
         weight=torch.tensor(weight, dtype=torch.float32, device=rt.device) if weight is not None else None)
 
     start, best, bad, history, finished = 0, -math.inf, 0, [], False
+    if cfg.resume and rt.main:
+        # a run killed while writing a checkpoint leaves its temp file (never a half
+        # checkpoint.pt, which is replaced atomically): clear such leftovers
+        for stale in fold_dir.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
     if cfg.resume and ckpt_path.is_file():
         # On the CPU: RNG states must stay CPU tensors; the loaders move the rest.
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
