@@ -49,6 +49,5 @@ step attention_speed 120 "$PY" benchmarks/attention_speed.py --backends naive,co
     --json "$DIR/attention_speed.json"
 step kernel_speed 60 "$PY" benchmarks/kernel_speed.py --json "$DIR/kernel_speed.json"
 
-tail -n 3 "$DIR/pytest_gpu.log" >> "$DIR/summary.txt"
-cat "$DIR/summary.txt"
+tail -n 3 "$DIR/pytest_gpu.log" | tee -a "$DIR/summary.txt"  # the step lines were printed as they ran
 exit $status
