@@ -7,14 +7,17 @@ it (integers equal to 1 become constants, multiples of 16 and 16-byte aligned
 pointers are marked divisible). It then compiles each distinct launch for Hopper
 with the ``ptxas`` Triton ships and reads the cubin with Triton's ``cuobjdump``:
 
-* ``regs``: registers per thread; ``stack``: stack-frame bytes (spilled registers);
+* ``regs``: registers per thread; ``stack``: stack-frame bytes (spilled registers,
+  but also, e.g., a few bytes where the compiler repacks a boolean vector);
 * ``ldl`` / ``stl``: local-memory loads and stores in the machine code (spills);
+* ``calls``: subroutine calls (a 64-bit integer division is one, and slow);
 * ``ldg``: global loads by width (``128`` = 16-byte vector loads).
 
-``--check`` exits non-zero when a kernel fails to compile or spills at a launch
-configuration of the reference shapes (PERFORMANCE.md); the awkward shapes (odd
-channel counts, batch 1, 64-bit strides) must compile, and their spills are
-reported only.
+``--check`` exits non-zero when a kernel fails to compile, or spills or calls a
+subroutine at a launch configuration of the reference shapes (the paper's pyramid
+at batch 2, ``REFERENCE`` below); the awkward shapes (odd channel counts, batch 1,
+one channel, concatenated branches, 64-bit strides) must compile, and their spills
+are reported only.
 
     python benchmarks/kernel_resources.py                 # table
     python benchmarks/kernel_resources.py --check --json out.json
@@ -52,16 +55,18 @@ TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 KERNEL_SIZES = ((1, 1, 1), (3, 3, 3), (5, 5, 5))
 EXPANSION = 2
-# (block input [B, C, D, H, W], dtype, kernel sizes, reference?): the depthwise stage sees C * EXPANSION channels
+# (block input [B, C, D, H, W], dtype, kernel sizes, combine, reference?): the depthwise stage sees
+# C * EXPANSION channels; the reference shapes are the paper's pyramid for a 1x12x192x192 crop at batch 2
 CASES = [
-    ((2, 256, 6, 48, 48), torch.float32, KERNEL_SIZES, True),
-    ((2, 256, 6, 48, 48), torch.bfloat16, KERNEL_SIZES, True),
-    ((2, 512, 3, 24, 24), torch.float32, KERNEL_SIZES, True),
-    ((2, 1024, 2, 12, 12), torch.float16, KERNEL_SIZES, True),
-    # awkward: odd channels and spatial sizes, batch 1, one channel, anisotropic windows
-    ((1, 7, 1, 5, 3), torch.float32, ((1, 1, 1), (3, 3, 3), (1, 3, 5), (3, 1, 1)), False),
-    ((2, 1, 3, 5, 7), torch.float16, ((3, 3, 3),), False),
-    ((1, 16, 4, 9, 9), torch.float32, ((3, 3, 3), (7, 7, 7)), False),
+    ((2, 256, 6, 48, 48), torch.float32, KERNEL_SIZES, "add", True),
+    ((2, 256, 6, 48, 48), torch.bfloat16, KERNEL_SIZES, "add", True),
+    ((2, 512, 3, 24, 24), torch.float32, KERNEL_SIZES, "add", True),
+    ((2, 1024, 2, 12, 12), torch.float16, KERNEL_SIZES, "add", True),
+    # awkward: odd channels and spatial sizes, batch 1, one channel, anisotropic windows, concat
+    ((1, 7, 1, 5, 3), torch.float32, ((1, 1, 1), (3, 3, 3), (1, 3, 5), (3, 1, 1)), "add", False),
+    ((2, 1, 3, 5, 7), torch.float16, ((3, 3, 3),), "add", False),
+    ((1, 16, 4, 9, 9), torch.float32, ((3, 3, 3), (7, 7, 7)), "concat", False),
+    ((1, 1, 2, 3, 4), torch.float32, ((1, 1, 1), (3, 3, 3)), "concat", False),
 ]
 QUICK_CASES = [CASES[0], CASES[4]]
 
@@ -79,9 +84,9 @@ class _Recorder:
 
 def _record(case) -> list[tuple[JITFunction, tuple, dict]]:
     """Every kernel launch of one training step (forward + backward) and one eval forward."""
-    shape, dtype, ks, _ = case
+    shape, dtype, ks, combine, _ = case
     b, c, d, h, w = shape
-    e = c * EXPANSION
+    e = c * EXPANSION if c > 1 else 1
     cl = torch.channels_last_3d
     recorder = _Recorder()
     original = JITFunction.run
@@ -95,7 +100,7 @@ def _record(case) -> list[tuple[JITFunction, tuple, dict]]:
             means = [torch.zeros(e, dtype=dtype) for _ in ks]
             varis = [torch.ones(e, dtype=dtype) for _ in ks]
             y = msdc.multiscale_depthwise_conv3d_triton(x, weights, gammas, betas, means, varis,
-                                                        train, 0.1, 1e-5, "add")
+                                                        train, 0.1, 1e-5, combine)
             v = torch.randn(b, c, d, h, w, dtype=dtype).contiguous(memory_format=cl).requires_grad_(train)
             avg, mx = gating.channel_pool_triton(v)
             gc = torch.sigmoid(avg + mx).reshape(b, c, 1, 1, 1).detach().requires_grad_(train)
@@ -145,12 +150,13 @@ def _inspect(cubin: bytes) -> dict:
         "ldl": len(re.findall(r"\bLDL\b", sass)),
         "stl": len(re.findall(r"\bSTL\b", sass)),
         "ldg": dict(sorted(widths.items())),
+        "calls": len(re.findall(r"\bCALL\.", sass)),
     }
 
 
 def _label(fn: JITFunction, constexprs: dict, options) -> str:
     named = {fn.params[p[0]].name: v for p, v in constexprs.items() if len(p) == 1}
-    keys = ("MODE", "NB", "KDM", "KHM", "KWM", "BLOCK_S", "BLOCK_C")
+    keys = ("MODE", "CONCAT", "NB", "KDM", "KHM", "KWM", "BLOCK_S", "BLOCK_C")
     parts = [f"{k}={named[k]}" for k in keys if k in named]
     declared = {p.name for p in fn.params if p.is_constexpr}
     ones = sorted(k for k, v in named.items() if v == 1 and k not in declared)
@@ -162,14 +168,14 @@ def _label(fn: JITFunction, constexprs: dict, options) -> str:
 def run(cases, check: bool) -> tuple[list[dict], list[str]]:
     rows, problems, seen = [], [], set()
     for case in cases:
-        shape, dtype, _, reference = case
+        shape, dtype, _, _, reference = case
         launches = _record(case)
         variants = [(fn, args, kw, "") for fn, args, kw in launches]
         if reference and dtype is torch.bfloat16:
             variants += [(fn, _wide_strides(args, fn), kw, " i64") for fn, args, kw in launches]
         for fn, args, kwargs, tag in variants:
             signature, constexprs, attrs, options = _specialise(fn, args, kwargs)
-            key = (fn.__name__, str(signature), str(constexprs), str(attrs), options.num_warps)
+            key = (fn.__name__, str(signature), str(constexprs), str(attrs), options.num_warps, reference)
             if key in seen:
                 continue
             seen.add(key)
@@ -187,10 +193,13 @@ def run(cases, check: bool) -> tuple[list[dict], list[str]]:
             rows.append(row)
             spills = row["ldl"] + row["stl"]
             print(f"{row['kernel']:<64} {row['dtype']:<9} regs {row['regs']:>3} stack {row['stack']:>4} "
-                  f"ldl/stl {row['ldl']:>3}/{row['stl']:<3} ldg {row['ldg']}" + ("  SPILLS" if spills else ""),
+                  f"ldl/stl {row['ldl']:>3}/{row['stl']:<3} calls {row['calls']:>2} ldg {row['ldg']}"
+                  + ("  SPILLS" if spills else ""),
                   flush=True)
             if check and reference and spills:
                 problems.append(f"{label} ({row['dtype']}, {shape}): spills ({row['ldl']} local loads)")
+            if check and reference and row["calls"]:
+                problems.append(f"{label} ({row['dtype']}, {shape}): {row['calls']} subroutine calls")
     return rows, problems
 
 

@@ -1,7 +1,8 @@
 """Speed of mmscale's Triton kernels on a GPU, against PyTorch and the copy roofline.
 
-For every PERFORMANCE.md reference shape, dtype (float32, bfloat16) and pass
-(``fwd``: eval forward; ``train``: training forward + backward) it reports, per op:
+For every reference shape (the paper's pyramid at batch 2 and a larger GPU shape),
+dtype (float32, bfloat16) and pass (``fwd``: eval forward; ``train``: training
+forward + backward) it reports, per op:
 
 * median milliseconds (``triton.testing.do_bench``, L2 flushed between runs) of the
   Triton path and of mmscale's PyTorch path on the same tensors;

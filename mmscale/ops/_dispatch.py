@@ -178,6 +178,22 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str, has_kernel: bool = T
     return "torch"
 
 
+def sample_too_large(x: torch.Tensor) -> str | None:
+    """Why ``x`` [B, C, D, H, W] is beyond the kernels' int32 per-sample indexing, or None.
+
+    The kernels address whole tensors in int64, but index the voxels of one sample
+    (D*H*W) and the channels in int32.
+
+    Example:
+        >>> sample_too_large(torch.zeros(1, 2, 3, 4, 5)) is None
+        True
+    """
+    d, h, w = x.shape[-3:]
+    if d * h * w >= 2**31 or x.shape[1] >= 2**31:
+        return f"a sample of {d}x{h}x{w} voxels and {x.shape[1]} channels (the kernels need D*H*W and C below 2**31)"
+    return None
+
+
 def fallback(op: str, reason: str, warn_key: str | None = None) -> None:
     """Report that an explicit ``"triton"`` request for ``op`` runs in PyTorch instead.
 

@@ -13,7 +13,13 @@ from types import ModuleType
 
 import torch
 
-from mmscale.ops._dispatch import load_kernels, resolve_backend
+from mmscale.ops._dispatch import (
+    fallback,
+    load_kernels,
+    requested_backend,
+    resolve_backend,
+    sample_too_large,
+)
 from mmscale.ops.gating.reference import (
     apply_gates_reference,
     channel_pool_reference,
@@ -46,6 +52,11 @@ def _use_triton(backend: str, op: str, *tensors: torch.Tensor) -> ModuleType | N
     """
     has_kernel = HAS_TRITON_KERNEL and all(t.dtype in _KERNEL_DTYPES for t in tensors)
     if resolve_backend(backend, tensors[0], op=op, has_kernel=has_kernel) != "triton":
+        return None
+    reason = sample_too_large(tensors[0])
+    if reason is not None:  # PyTorch instead; said aloud only when Triton was asked for by name
+        if requested_backend(backend) == "triton":
+            fallback(op, reason)
         return None
     kernels = _triton_module()
     if kernels is None:  # Triton is present but the kernels failed to import

@@ -19,7 +19,13 @@ from types import ModuleType
 
 import torch
 
-from mmscale.ops._dispatch import fallback, load_kernels, requested_backend, resolve_backend
+from mmscale.ops._dispatch import (
+    fallback,
+    load_kernels,
+    requested_backend,
+    resolve_backend,
+    sample_too_large,
+)
 from mmscale.ops.msdc.reference import (
     multiscale_depthwise_conv3d_reference,
     multiscale_depthwise_conv3d_torch,
@@ -53,7 +59,7 @@ def _unsupported(h: torch.Tensor, weights: Sequence[torch.Tensor], stride, combi
         return f"dtype {h.dtype} (the kernels support float32, float16, bfloat16)"
     if combine not in ("add", "concat"):
         return f"combine={combine!r}"
-    return None
+    return sample_too_large(h)
 
 
 def _fallback(reason: str) -> None:
