@@ -193,3 +193,18 @@ def test_property_msdc_eval_matches_reference(kernels_for, b, e, d, h, w, kernel
     """Any small shape, any mix of odd (anisotropic) windows: eval forward and gradients agree."""
     kernels_for("cpu", "msdc")
     _compare((b, e, d, h, w), kernel_sizes, combine, "cpu", torch.float32, False)
+
+
+def test_samples_beyond_int32_indexing_fall_back_loudly(kernels_for, monkeypatch):
+    """A sample of 2**31 voxels or more runs in PyTorch (strict: raises), never in the int32-indexed kernels."""
+    from mmscale.ops.gating import channel_pool
+
+    kernels_for("cpu", "msdc")
+    kernels_for("cpu", "gating")
+    monkeypatch.setenv("MMSCALE_STRICT", "1")
+    huge = torch.zeros(1).expand(1, 2, 2**11, 2**10, 2**10)  # 2**31 voxels, no memory
+    params = _params((1, 2, 1, 1, 1), (1,), "cpu")
+    with pytest.raises(RuntimeError, match="below 2\\*\\*31"):
+        multiscale_depthwise_conv3d(huge, *params[:3], params[3], params[4], False, 0.1, 1e-5, backend="triton")
+    with pytest.raises(RuntimeError, match="below 2\\*\\*31"):
+        channel_pool(huge, backend="triton")
