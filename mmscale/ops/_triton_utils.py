@@ -1,9 +1,12 @@
 """Helpers shared by mmscale's Triton kernels.
 
 Index arithmetic: every kernel turns element indices into memory offsets with
-:func:`_offset_bcs` / :func:`_offset_5d`, which widen to int64 *before* multiplying,
-so tensors above 2**31 elements address correctly. The pure-Python twins
-(:func:`offset_5d`) let tests check the formula at sizes that cannot be allocated.
+:func:`_offset_5d` / :func:`_offset_4d`, which widen to int64 *before* multiplying,
+so tensors above 2**31 elements address correctly. Within one sample, voxel and
+channel indices are int32 (:func:`_split_spatial` divides in 32 bits), so a sample's
+D*H*W and its channel count stay below 2**31; the dispatchers check that. The
+pure-Python twins (:func:`offset_5d`, :func:`split_spatial`) let tests check the
+formulas at sizes that cannot be allocated.
 
 Layout: launchers pass every tensor's real strides (``stride_xb``, ``stride_xc``,
 ``stride_xd``, ``stride_xh``, ``stride_xw``), so any memory format works; outputs are
