@@ -149,6 +149,33 @@ def _split_spatial(o_s, H, W):
 
 
 @triton.jit
+def _volume_tile(S, C, H, W, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's ``[BLOCK_S, BLOCK_C]`` tile on a (spatial tiles, channel tiles, batch) grid.
+
+    Spatial tiles go on grid axis 0, the only axis on which CUDA allows more than
+    65535 programs. Returns ``(i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w)``: tile and
+    sample index, voxel and channel indices with their masks, and the voxels' (d, h, w).
+    """
+    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    return i_s, i_b, o_s, o_c, o_s < S, o_c < C, i_d, i_h, i_w
+
+
+@triton.jit
+def _voxel_tile(S, H, W, BLOCK_S: tl.constexpr):
+    """This program's ``BLOCK_S`` voxels on a (spatial tiles, batch) grid (tiles on axis 0, as above).
+
+    Returns ``(i_s, i_b, o_s, m_s, i_d, i_h, i_w)``.
+    """
+    i_s, i_b = tl.program_id(0), tl.program_id(1)
+    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    return i_s, i_b, o_s, o_s < S, i_d, i_h, i_w
+
+
+@triton.jit
 def _offset_5d(i_b, i_c, i_d, i_h, i_w, stride_b, stride_c, stride_d, stride_h, stride_w):
     """Memory offset of element ``[i_b, i_c, i_d, i_h, i_w]``, computed in int64."""
     return (

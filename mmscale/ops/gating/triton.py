@@ -36,7 +36,15 @@ import triton
 import triton.language as tl
 
 from mmscale.ops import _triton_utils as tu
-from mmscale.ops._triton_utils import _offset_4d, _offset_5d, _split_spatial, cdiv, pick_block
+from mmscale.ops._triton_utils import (
+    _offset_4d,
+    _offset_5d,
+    _split_spatial,
+    _volume_tile,
+    _voxel_tile,
+    cdiv,
+    pick_block,
+)
 
 __all__ = [
     "ApplyGatesFunction",
@@ -100,12 +108,8 @@ def _channel_pool_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_s, m_c = o_s < S, o_c < C
+    i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w = _volume_tile(S, C, H, W, BLOCK_S, BLOCK_C)
     m_x = m_s[:, None] & m_c[None, :]
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
     o_bc = i_b.to(tl.int64) * C + o_c
     # [BLOCK_C]
     b_mx = tl.load(mx_ptr + o_bc, mask=m_c, other=0.0)
@@ -131,10 +135,7 @@ def _spatial_pool_fwd_kernel(
     stride_ob, stride_oc, stride_od, stride_oh, stride_ow,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_b = tl.program_id(0), tl.program_id(1)  # tiles on axis 0: 2^31 - 1 allowed
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    m_s = o_s < S
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    i_s, i_b, o_s, m_s, i_d, i_h, i_w = _voxel_tile(S, H, W, BLOCK_S)
     b_sum = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     b_max = tl.full([BLOCK_S, BLOCK_C], float("-inf"), dtype=tl.float32)
     b_cnt = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.int32)
@@ -174,12 +175,8 @@ def _spatial_pool_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_s, m_c = o_s < S, o_c < C
+    i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w = _volume_tile(S, C, H, W, BLOCK_S, BLOCK_C)
     m_x = m_s[:, None] & m_c[None, :]
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
     o_bs = i_b.to(tl.int64) * S + o_s
     # [BLOCK_S]
     b_mx = tl.load(mx_ptr + o_bs, mask=m_s, other=0.0)
@@ -213,12 +210,8 @@ def _apply_gates_fwd_kernel(
     stride_yb, stride_yc, stride_yd, stride_yh, stride_yw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # tiles on axis 0: 2^31 - 1 allowed
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_s, m_c = o_s < S, o_c < C
+    i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w = _volume_tile(S, C, H, W, BLOCK_S, BLOCK_C)
     m_x = m_s[:, None] & m_c[None, :]
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
     # [BLOCK_C]
     b_gc = tl.load(gc_ptr + i_b.to(tl.int64) * stride_cb + o_c * stride_cc, mask=m_c, other=0.0).to(tl.float32)
     # [BLOCK_S]
@@ -245,10 +238,7 @@ def _apply_gates_bwd_kernel(
     stride_dxb, stride_dxc, stride_dxd, stride_dxh, stride_dxw,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_b = tl.program_id(0), tl.program_id(1)  # tiles on axis 0: 2^31 - 1 allowed
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    m_s = o_s < S
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    i_s, i_b, o_s, m_s, i_d, i_h, i_w = _voxel_tile(S, H, W, BLOCK_S)
     # [BLOCK_S]
     b_gs = tl.load(gs_ptr + _offset_4d(i_b, i_d, i_h, i_w, stride_sb, stride_sd, stride_sh, stride_sw),
                    mask=m_s, other=0.0).to(tl.float32)

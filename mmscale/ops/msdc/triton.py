@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from mmscale.ops import _triton_utils as tu
-from mmscale.ops._triton_utils import _offset_5d, _split_spatial, cdiv, pick_block
+from mmscale.ops._triton_utils import _offset_5d, _split_spatial, _volume_tile, cdiv, pick_block
 
 __all__ = ["MAX_BRANCHES", "MSDCFunction", "msdc_forward", "multiscale_depthwise_conv3d_triton"]
 
@@ -142,11 +142,7 @@ def _msdc_fwd_kernel(
     KDM: tl.constexpr, KHM: tl.constexpr, KWM: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_s, m_c = o_s < S, o_c < E
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w = _volume_tile(S, E, H, W, BLOCK_S, BLOCK_C)
     o_h = _offset_5d(i_b, o_c[None, :], i_d[:, None], i_h[:, None], i_w[:, None],
                      stride_hb, stride_hc, stride_hd, stride_hh, stride_hw)
     b_z0 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
@@ -227,11 +223,7 @@ def _msdc_bwd_dx_kernel(
     KDM: tl.constexpr, KHM: tl.constexpr, KWM: tl.constexpr,
     ACCUMULATE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_s = i_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_s, m_c = o_s < S, o_c < E
-    i_d, i_h, i_w = _split_spatial(o_s, H, W)
+    i_s, i_b, o_s, o_c, m_s, m_c, i_d, i_h, i_w = _volume_tile(S, E, H, W, BLOCK_S, BLOCK_C)
     o_dz = (i_b.to(tl.int64) * S + o_s[:, None]) * E + o_c[None, :]
     BSE = tl.cast(B, tl.int64) * S * E  # tl.cast: B == 1 arrives as a constexpr
     b_dx = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
