@@ -1,13 +1,16 @@
-"""Helpers shared by the benchmark scripts: the version/device report and peak memory."""
+"""Helpers shared by the benchmark scripts: the version/device report, peak memory, JSON output."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 from collections.abc import Callable
 
 import torch
 
 import mmscale
+from mmscale.data.cache import atomic_write_bytes
 
 
 def versions(device: torch.device | str | None = None) -> dict:
@@ -46,3 +49,9 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device | str) -> flo
     step()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def write_json(path: str | os.PathLike | None, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically, creating its folder (nothing when ``path`` is None)."""
+    if path:
+        atomic_write_bytes(path, json.dumps(report, indent=2).encode())

@@ -17,8 +17,6 @@ GPU shape and bfloat16.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -29,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import peak_memory_mib, versions  # noqa: E402
+from benchmarks._common import peak_memory_mib, versions, write_json  # noqa: E402
 from benchmarks.naive import NaiveMultiScaleConvAttention3d  # noqa: E402
 from mmscale import MultiScaleConvAttention3d  # noqa: E402
 
@@ -192,17 +190,6 @@ def _dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise SystemExit(f"--dtypes: {name!r} is not a floating-point torch dtype (float32, bfloat16, float16)")
     return dtype
-
-
-def write_json(path: str | None, report: dict) -> None:
-    """Write ``report`` to ``path`` atomically (nothing when ``path`` is None)."""
-    if not path:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
 
 
 def print_row(row: dict) -> None:

@@ -28,7 +28,6 @@ Uses Triton internals (the argument binder), so it follows the pinned Triton.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -48,6 +47,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature  # no
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import write_json  # noqa: E402
 from mmscale.ops.gating import triton as gating  # noqa: E402
 from mmscale.ops.msdc import triton as msdc  # noqa: E402
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, problems = run(QUICK_CASES if args.quick else CASES, args.check)
     if args.json:
-        args.json.write_text(json.dumps({"triton": triton.__version__, "target": "sm_90", "rows": rows}, indent=1))
+        write_json(args.json, {"triton": triton.__version__, "target": "sm_90", "rows": rows})
     for p in problems:
         print("FAIL", p)
     print(f"{len(rows)} kernel specialisations compiled for sm_90, {len(problems)} problems")

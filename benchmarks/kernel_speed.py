@@ -23,7 +23,6 @@ On a machine without CUDA it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import peak_memory_mib  # noqa: E402
+from benchmarks._common import peak_memory_mib, write_json  # noqa: E402
 from benchmarks._common import versions as common_versions  # noqa: E402
 
 # block inputs [B, C, D, H, W]; the depthwise stage sees E = 2 C channels (expansion 2)
@@ -245,9 +244,7 @@ def _write(path: str | None, result: dict) -> None:
     if result["rows"]:
         for key in ("speedup_vs_torch", "pct_copy_bw"):
             result[f"median_{key}"] = statistics.median(r[key] for r in result["rows"])
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2))
+    write_json(path, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ small shared machines are noisy: use several ``--iters`` and quote medians.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import versions  # noqa: E402
+from benchmarks._common import versions, write_json  # noqa: E402
 from mmscale import MMCAFNet  # noqa: E402
 
 SHAPES = {"tiny": (1, 16, 64, 64), "paper": (1, 12, 192, 192)}
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{'':<7} train peak memory {r['train_peak_mib']:.0f} MiB")
     report = {"versions": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": rows}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
         print("wrote", args.json)
     return report
 
