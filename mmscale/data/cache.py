@@ -43,8 +43,21 @@ _INDEX = "index.json"
 _FORMAT = 1
 
 
+def _default_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open(path, "w")`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()  # read once: changing the umask is process-wide and not thread-safe
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (not the
+    owner-only mode of the temporary file it is written through).
 
     Args:
         path: destination; its folder is created if needed.
@@ -61,6 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -158,3 +158,17 @@ def test_dataset_augmentation_is_a_function_of_seed_and_epoch():
         LesionDataset(vols, np.zeros((4, 2)), np.zeros((5, 5)), np.zeros(5), crop=16)
     with pytest.raises(ValueError, match="crop"):
         LesionDataset(vols, np.zeros((5, 2)), np.zeros((5, 5)), np.zeros(5), crop=32)
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    """Files written through a temp file get the umask's mode, not the temp file's owner-only 0o600."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    prep.atomic_write_bytes(tmp_path / "atomic.bin", b"y")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.bin").st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode)
+    assert (tmp_path / "atomic.bin").read_bytes() == b"y"
+    assert not list(tmp_path.glob("*.tmp"))
