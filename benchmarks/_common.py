@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 import mmscale
-from mmscale.data.cache import atomic_write_bytes
+from mmscale._io import atomic_write_bytes
 
 
 def versions(device: torch.device | str | None = None) -> dict:

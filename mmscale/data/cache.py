@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmscale._io import atomic_write_bytes
 from mmscale.data.crops import (
     CropConfig,
     center_crop,
@@ -41,44 +41,6 @@ __all__ = [
 
 _INDEX = "index.json"
 _FORMAT = 1
-
-
-def _default_file_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open(path, "w")`` would give a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()  # read once: changing the umask is process-wide and not thread-safe
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
-
-    The file gets the permissions a plain ``open(path, "w")`` would give it (not the
-    owner-only mode of the temporary file it is written through).
-
-    Args:
-        path: destination; its folder is created if needed.
-        data: the bytes.
-
-    Example:
-        >>> atomic_write_bytes("/tmp/x.json", b"{}")
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:

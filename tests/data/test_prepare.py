@@ -172,3 +172,12 @@ def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
     assert mode == stat.S_IMODE(os.stat(plain).st_mode)
     assert (tmp_path / "atomic.bin").read_bytes() == b"y"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_atomic_write_lives_in_a_neutral_module_and_is_re_exported():
+    """The benchmarks import the writer without the data package; the old names still work."""
+    import mmscale._io
+    import mmscale.data
+
+    assert mmscale.data.atomic_write_bytes is mmscale._io.atomic_write_bytes
+    assert prep.atomic_write_bytes is mmscale._io.atomic_write_bytes
