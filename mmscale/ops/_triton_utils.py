@@ -38,7 +38,6 @@ __all__ = [
     "offset_5d",
     "pick_block",
     "split_spatial",
-    "torch_to_triton_ok",
 ]
 
 # Test hooks (monkeypatched by tests/ops): fill every kernel output with NaN (or -1
@@ -244,12 +243,3 @@ def split_spatial(s: int, h: int, w: int) -> tuple[int, int, int]:
     """
     return s // (w * h), (s // w) % h, s % w
 
-
-def torch_to_triton_ok(t: torch.Tensor) -> bool:
-    """Whether the kernels accept this tensor's dtype (float32, float16, bfloat16).
-
-    Example:
-        >>> torch_to_triton_ok(torch.zeros(1)), torch_to_triton_ok(torch.zeros(1, dtype=torch.float64))
-        (True, False)
-    """
-    return t.dtype in (torch.float32, torch.float16, torch.bfloat16)
