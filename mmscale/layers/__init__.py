@@ -8,20 +8,17 @@ from mmscale.layers.attention import (
     SpatialAttention3d,
     UpConv3d,
 )
-from mmscale.layers.backbone import (
-    DropPath,
-    GroupedBottleneck3d,
-    PyramidBackbone3d,
-    SqueezeExcitation3d,
-)
+from mmscale.layers.backbone import GroupedBottleneck3d, PyramidBackbone3d
 from mmscale.layers.cross_attention import (
     CrossAttention,
     GatedFusionUnit,
     MultiScaleCrossAttention,
     SingleTokenCrossAttentionFusion,
 )
+from mmscale.layers.drop_path import DropPath
 from mmscale.layers.kan import KANEncoder, KANLinear
 from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedFusion3d
+from mmscale.layers.squeeze_excitation import SqueezeExcitation3d
 from mmscale.layers.tabular import TabularTokenizer
 
 __all__ = [

@@ -7,83 +7,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DropPath", "SqueezeExcitation3d", "GroupedBottleneck3d", "PyramidBackbone3d"]
+from mmscale.layers.drop_path import DROP_PATH_MODES, DropPath
+from mmscale.layers.squeeze_excitation import SE_ACTIVATIONS, SqueezeExcitation3d
+
+__all__ = ["GroupedBottleneck3d", "PyramidBackbone3d", "DROP_PATH_SCHEDULES"]
+
+DROP_PATH_SCHEDULES = ("linear", "penet")
+"""How the stochastic-depth drop probability grows over the ``n`` blocks (block ``i``
+counted from 0): ``"linear"`` reaches ``drop_path_rate`` at the last block
+(``rate * i / (n - 1)``); ``"penet"`` is PENet's ``rate * i / n`` (so the last block
+of 13 survives with probability 7/13 for a rate of 0.5)."""
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     # GroupNorm with C/16 groups (16 channels per group), at least one group.
     return nn.GroupNorm(max(channels // 16, 1), channels)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample while training.
-
-    Surviving branches are scaled by ``1 / (1 - drop_prob)`` so the expectation is
-    unchanged; in eval mode the layer is the identity.
-
-    Args:
-        drop_prob (float): probability of dropping the branch, in ``[0, 1)``.
-
-    Shapes:
-        x: [B, ...] -> [B, ...]
-
-    Raises:
-        ValueError: ``drop_prob`` outside ``[0, 1)``.
-
-    Example:
-        >>> DropPath(0.2).eval()(torch.ones(2, 3)).sum().item()
-        6.0
-    """
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply stochastic depth to a residual branch ``x``."""
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
-class SqueezeExcitation3d(nn.Module):
-    """Squeeze-excitation: ``x * sigmoid(W2 relu(W1 avg_{DHW} x))``.
-
-    Args:
-        channels (int): input channels.
-        reduction (int): bottleneck ratio (hidden = ``max(channels // reduction, 1)``).
-
-    Shapes:
-        x: [B, C, D, H, W] -> [B, C, D, H, W]
-
-    Raises:
-        ValueError: a size is < 1.
-
-    Example:
-        >>> SqueezeExcitation3d(32)(torch.randn(1, 32, 2, 4, 4)).shape
-        torch.Size([1, 32, 2, 4, 4])
-    """
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        if channels < 1 or reduction < 1:
-            raise ValueError(f"channels and reduction must be >= 1, got {channels}, {reduction}")
-        hidden = max(channels // reduction, 1)
-        self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = nn.Linear(hidden, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescale the channels of ``x`` [B, C, D, H, W]."""
-        s = x.mean(dim=(2, 3, 4))
-        g = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
-        return x * g[:, :, None, None, None]
 
 
 class GroupedBottleneck3d(nn.Module):
@@ -102,12 +40,19 @@ class GroupedBottleneck3d(nn.Module):
         se_reduction (int): squeeze-excitation ratio (0 disables SE).
         drop_path (float): stochastic-depth drop probability of the residual branch.
         negative_slope (float): LeakyReLU slope.
+        se_activation (str): activation inside the SE block (``"relu"`` or PENet's
+            ``"leaky_relu"``, slope ``negative_slope``).
+        drop_path_mode (str): ``"sample"`` (per-sample :class:`DropPath`, kept
+            branches rescaled, the output activation always applied) or ``"batch"``
+            (PENet: one draw per call for the whole batch, no rescaling, and a dropped
+            block returns ``shortcut(x)`` without the output LeakyReLU).
 
     Shapes:
         x: [B, in_channels, D, H, W] -> [B, out_channels, ceil(D/s), ceil(H/s), ceil(W/s)]
 
     Raises:
-        ValueError: ``cardinality`` does not divide ``mid_channels``.
+        ValueError: ``cardinality`` does not divide ``mid_channels``, or an unknown
+            ``se_activation`` / ``drop_path_mode``.
 
     Example:
         >>> blk = GroupedBottleneck3d(16, 16, 32, cardinality=4, stride=2)
@@ -125,8 +70,14 @@ class GroupedBottleneck3d(nn.Module):
         se_reduction: int = 16,
         drop_path: float = 0.0,
         negative_slope: float = 0.01,
+        se_activation: str = "relu",
+        drop_path_mode: str = "sample",
     ) -> None:
         super().__init__()
+        if se_activation not in SE_ACTIVATIONS:
+            raise ValueError(f"se_activation must be one of {SE_ACTIVATIONS}, got {se_activation!r}")
+        if drop_path_mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {drop_path_mode!r}")
         if mid_channels % cardinality:
             raise ValueError(f"cardinality={cardinality} must divide mid_channels={mid_channels}")
         self.conv1 = nn.Conv3d(in_channels, mid_channels, 1, bias=False)
@@ -137,8 +88,12 @@ class GroupedBottleneck3d(nn.Module):
         self.norm2 = _group_norm(mid_channels)
         self.conv3 = nn.Conv3d(mid_channels, out_channels, 1, bias=False)
         self.norm3 = _group_norm(out_channels)
-        self.se = SqueezeExcitation3d(out_channels, se_reduction) if se_reduction else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.se = (
+            SqueezeExcitation3d(out_channels, se_reduction, se_activation, negative_slope)
+            if se_reduction
+            else nn.Identity()
+        )
+        self.drop_path = DropPath(drop_path, mode=drop_path_mode)
         self.act = nn.LeakyReLU(negative_slope)
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -150,10 +105,16 @@ class GroupedBottleneck3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x`` [B, C_in, D, H, W]."""
+        if self.drop_path.mode == "batch" and not self.drop_path.keep_branch():
+            # PENet's stochastic depth: the whole batch skips the branch, and the
+            # block's output activation with it.
+            return self.shortcut(x)
         h = self.act(self.norm1(self.conv1(x)))
         h = self.act(self.norm2(self.conv2(h)))
         h = self.se(self.norm3(self.conv3(h)))
-        return self.act(self.shortcut(x) + self.drop_path(h))
+        if self.drop_path.mode == "sample":
+            h = self.drop_path(h)
+        return self.act(self.shortcut(x) + h)
 
 
 class PyramidBackbone3d(nn.Module):
@@ -163,8 +124,8 @@ class PyramidBackbone3d(nn.Module):
     LeakyReLU + MaxPool3d(3, stride 2, padding 1); then one stage of
     :class:`GroupedBottleneck3d` per entry of ``widths`` (the first block of every
     stage after the first has stride 2). Stochastic-depth drop probability rises
-    linearly over all blocks from 0 to ``drop_path_rate`` (survival falls to
-    ``1 - drop_path_rate``). When ``stem_in_channels > in_channels`` the input
+    linearly over all blocks from 0 (``drop_path_schedule``: to ``drop_path_rate`` at
+    the last block, or PENet's ``rate * i / n`` for block ``i`` of ``n``). When ``stem_in_channels > in_channels`` the input
     channels are repeated cyclically to fill the stem (a 1-channel CT fed to PENet's
     3-channel stem; CT + PET -> CT, PET, CT).
 
@@ -179,9 +140,14 @@ class PyramidBackbone3d(nn.Module):
             ``in_channels``. Default ``in_channels``.
         cardinality (int): groups of the 3x3x3 convs.
         se_reduction (int): squeeze-excitation ratio (0 disables SE).
-        drop_path_rate (float): drop probability of the last block.
+        drop_path_rate (float): drop probability of the last block (``"linear"``).
         num_outputs (int | None): how many of the last stages to return (default:
             ``min(3, len(widths))``).
+        se_activation (str): SE activation, ``"relu"`` or PENet's ``"leaky_relu"``.
+        drop_path_mode (str): ``"sample"`` (per-sample, rescaled) or PENet's
+            ``"batch"`` (see :class:`GroupedBottleneck3d`).
+        drop_path_schedule (str): ``"linear"`` (block ``i`` of ``n`` drops with
+            ``rate * i / (n - 1)``) or ``"penet"`` (``rate * i / n``).
 
     Shapes:
         x: [B, in_channels, D, H, W] -> list of ``num_outputs`` maps, finest first; for
@@ -210,6 +176,9 @@ class PyramidBackbone3d(nn.Module):
         se_reduction: int = 16,
         drop_path_rate: float = 0.5,
         num_outputs: int | None = None,
+        se_activation: str = "relu",
+        drop_path_mode: str = "sample",
+        drop_path_schedule: str = "linear",
     ) -> None:
         super().__init__()
         widths, depths = tuple(widths), tuple(depths)
@@ -235,6 +204,10 @@ class PyramidBackbone3d(nn.Module):
             raise ValueError(f"num_outputs must be in [1, {len(widths)}], got {num_outputs}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        if drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ValueError(
+                f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {drop_path_schedule!r}"
+            )
         self.in_channels = in_channels
         self.stem_in_channels = stem_in_channels
         self.widths = widths
@@ -253,10 +226,21 @@ class PyramidBackbone3d(nn.Module):
         for i, (width, mid, depth) in enumerate(zip(widths, mid_widths, depths, strict=False)):
             blocks = []
             for j in range(depth):
-                rate = drop_path_rate * index / max(total - 1, 1)
+                steps = max(total - 1, 1) if drop_path_schedule == "linear" else total
+                rate = drop_path_rate * index / steps
                 stride = 2 if (i > 0 and j == 0) else 1
                 blocks.append(
-                    GroupedBottleneck3d(channels, mid, width, cardinality, stride, se_reduction, rate)
+                    GroupedBottleneck3d(
+                        channels,
+                        mid,
+                        width,
+                        cardinality,
+                        stride,
+                        se_reduction,
+                        rate,
+                        se_activation=se_activation,
+                        drop_path_mode=drop_path_mode,
+                    )
                 )
                 channels = width
                 index += 1

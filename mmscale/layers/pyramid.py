@@ -13,17 +13,17 @@ from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention
 __all__ = ["GatedFusion3d", "BidirectionalPyramid3d"]
 
 
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
     """Trilinear resize to ``size`` (D, H, W); a no-op when the size already matches."""
     if tuple(x.shape[2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=align_corners)
 
 
 class GatedFusion3d(nn.Module):
     """Bottom-up gated fusion of a coarse map ``x`` with a finer map ``y``.
 
-    ``y`` is resized to ``x`` and projected to ``channels`` (Conv1x1), then
+    ``y`` is resized to ``x`` (trilinear) and projected to ``channels`` (Conv1x1), then
     ``a = sigmoid(Conv3(x) * Conv3(y))``; ``[gx0, gx1] = Conv3(cat[x, x * a])``,
     ``x' = x * gx0 + x * a * gx1``; the same for ``y`` with its own conv; the output is
     ``x' + y'``. All convs have a bias; the 3x3x3 gate convs produce two maps.
@@ -31,12 +31,21 @@ class GatedFusion3d(nn.Module):
     Args:
         channels (int): channels of ``x`` (and of the output).
         fine_channels (int): channels of ``y``.
+        align_corners (bool): ``align_corners`` of the trilinear resize (the published
+            MMCAF-Net uses True).
+        always_project (bool): apply the 1x1 projection even when ``y`` already has
+            ``x``'s spatial size. False is the published code's behaviour (resize and
+            project only when the sizes differ; then ``y`` must already have
+            ``channels`` channels); in a strided pyramid the sizes always differ, so
+            both settings compute the same function there.
 
     Shapes:
         x: [B, channels, D, H, W], y: [B, fine_channels, D', H', W'] -> [B, channels, D, H, W]
 
     Raises:
-        ValueError: a channel count is < 1.
+        ValueError: a channel count is < 1; in ``forward``, ``x`` or ``y`` has the
+            wrong channels (or, with ``always_project=False``, ``y`` has ``x``'s size
+            but not ``channels`` channels).
 
     Example:
         >>> gf = GatedFusion3d(16, 8)
@@ -44,12 +53,18 @@ class GatedFusion3d(nn.Module):
         torch.Size([1, 16, 2, 4, 4])
     """
 
-    def __init__(self, channels: int, fine_channels: int) -> None:
+    def __init__(
+        self, channels: int, fine_channels: int, align_corners: bool = False, always_project: bool = True
+    ) -> None:
         super().__init__()
         if channels < 1 or fine_channels < 1:
             raise ValueError(
                 f"channels and fine_channels must be >= 1, got {channels}, {fine_channels}"
             )
+        self.channels = channels
+        self.fine_channels = fine_channels
+        self.align_corners = bool(align_corners)
+        self.always_project = bool(always_project)
         self.project = nn.Conv3d(fine_channels, channels, 1)
         self.conv_x = nn.Conv3d(channels, channels, 3, padding=1)
         self.conv_y = nn.Conv3d(channels, channels, 3, padding=1)
@@ -65,8 +80,23 @@ class GatedFusion3d(nn.Module):
 
         Returns:
             torch.Tensor: [B, channels, D, H, W].
+
+        Raises:
+            ValueError: ``x`` or ``y`` does not match the layer's channels.
         """
-        y = self.project(_resize(y, x.shape[2:]))
+        if x.dim() != 5 or x.shape[1] != self.channels:
+            raise ValueError(f"x must have shape [B, {self.channels}, D, H, W], got {list(x.shape)}")
+        if y.dim() != 5 or y.shape[1] != self.fine_channels or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"y must have shape [{x.shape[0]}, {self.fine_channels}, D', H', W'], got {list(y.shape)}"
+            )
+        if self.always_project or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+            y = self.project(_resize(y, x.shape[2:], self.align_corners))
+        elif self.fine_channels != self.channels:
+            raise ValueError(
+                f"y has x's spatial size, so with always_project=False it is not projected and must have "
+                f"{self.channels} channels, got {self.fine_channels}"
+            )
         a = torch.sigmoid(self.conv_x(x) * self.conv_y(y))
         xa, ya = x * a, y * a
         gx = self.gate_x(torch.cat([x, xa], dim=1))
@@ -92,6 +122,10 @@ class BidirectionalPyramid3d(nn.Module):
         spatial_kernel (int): spatial-attention kernel size.
         share_spatial_attention (bool): one spatial-attention conv for all levels.
         backend (str): MSCA backend (``"auto"``, ``"torch"``, ``"triton"``).
+        align_corners (bool): ``align_corners`` of every trilinear resize in the neck
+            (the top-down merge after :class:`UpConv3d` and the gated fusion's resize;
+            the published MMCAF-Net uses True).
+        always_project (bool): :class:`GatedFusion3d`'s ``always_project``.
 
     Shapes:
         features: list of [B, channels[l], D_l, H_l, W_l], finest first -> list of the
@@ -117,12 +151,15 @@ class BidirectionalPyramid3d(nn.Module):
         spatial_kernel: int = 7,
         share_spatial_attention: bool = True,
         backend: str = "auto",
+        align_corners: bool = False,
+        always_project: bool = True,
     ) -> None:
         super().__init__()
         channels = tuple(channels)
         if len(channels) < 2 or any((not isinstance(c, int)) or c < 1 for c in channels):
             raise ValueError(f"channels must list at least two ints >= 1, got {channels!r}")
         self.channels = channels
+        self.align_corners = bool(align_corners)
         shared = SpatialAttention3d(spatial_kernel) if share_spatial_attention else None
         self.attention = nn.ModuleList(
             MultiScaleConvAttention3d(
@@ -140,7 +177,8 @@ class BidirectionalPyramid3d(nn.Module):
         self.up = nn.ModuleList(UpConv3d(channels[i + 1], channels[i]) for i in range(len(channels) - 1))
         # fuse[i] fuses level i (finer) into level i + 1.
         self.fuse = nn.ModuleList(
-            GatedFusion3d(channels[i + 1], channels[i]) for i in range(len(channels) - 1)
+            GatedFusion3d(channels[i + 1], channels[i], align_corners, always_project)
+            for i in range(len(channels) - 1)
         )
 
     def _check(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -175,7 +213,7 @@ class BidirectionalPyramid3d(nn.Module):
         x = feats[-1]
         for i in range(n - 1, -1, -1):
             if i < n - 1:
-                x = feats[i] + _resize(self.up[i](outs[i + 1]), feats[i].shape[2:])
+                x = feats[i] + _resize(self.up[i](outs[i + 1]), feats[i].shape[2:], self.align_corners)
             if return_gates:
                 gates[i] = self.attention[i].spatial_gate(x)
             outs[i] = self.attention[i](x)

@@ -134,3 +134,75 @@ def test_input_error():
         net(torch.randn(1, 2, 4, 16, 16))
     with pytest.raises(ValueError, match="x must have shape"):
         net(torch.randn(1, 4, 16, 16))
+
+
+# ------------------------------------------------------------------ PENet's choices (the paper preset)
+def test_squeeze_excitation_leaky_relu_in_float64():
+    torch.manual_seed(0)
+    se = SqueezeExcitation3d(8, 4, activation="leaky_relu").double()
+    x = torch.randn(2, 8, 2, 3, 3, dtype=torch.float64)
+    s = x.mean((2, 3, 4))
+    h = s @ se.fc1.weight.T + se.fc1.bias
+    h = torch.where(h > 0, h, 0.01 * h)  # LeakyReLU, slope 0.01, written out
+    g = 1 / (1 + torch.exp(-(h @ se.fc2.weight.T + se.fc2.bias)))
+    torch.testing.assert_close(se(x), x * g[..., None, None, None], rtol=1e-12, atol=1e-12)
+    assert (h < 0).any()  # the negative side is exercised
+    relu = SqueezeExcitation3d(8, 4).double()
+    relu.load_state_dict(se.state_dict())
+    assert not torch.allclose(relu(x), se(x))
+    net = PyramidBackbone3d(**SMALL, se_activation="leaky_relu")
+    assert all(b.se.activation == "leaky_relu" for s in net.stages for b in s)
+    with pytest.raises(ValueError, match="activation"):
+        SqueezeExcitation3d(8, activation="gelu")
+    with pytest.raises(ValueError, match="se_activation"):
+        PyramidBackbone3d(**SMALL, se_activation="gelu")
+
+
+def _branch(blk: GroupedBottleneck3d, x: torch.Tensor) -> torch.Tensor:
+    h = blk.act(blk.norm1(blk.conv1(x)))
+    h = blk.act(blk.norm2(blk.conv2(h)))
+    return blk.se(blk.norm3(blk.conv3(h)))
+
+
+def test_batch_drop_path_drops_the_whole_batch_without_rescale_or_activation():
+    torch.manual_seed(0)
+    blk = GroupedBottleneck3d(8, 8, 16, cardinality=4, drop_path=0.5, drop_path_mode="batch").double().train()
+    x = torch.randn(3, 8, 2, 4, 4, dtype=torch.float64)
+    shortcut = blk.shortcut(x)
+    kept = torch.nn.functional.leaky_relu(shortcut + _branch(blk, x), 0.01)  # no 1 / keep factor
+    outcomes = []
+    for _ in range(40):
+        y = blk(x)
+        if torch.equal(y, shortcut):  # dropped: the shortcut, no LeakyReLU (it has negatives)
+            outcomes.append(0)
+        else:
+            torch.testing.assert_close(y, kept, rtol=1e-12, atol=1e-12)
+            outcomes.append(1)
+    assert (shortcut < 0).any()
+    assert 0 < sum(outcomes) < 40  # both happen, each time for the whole batch
+    # The draw follows torch's seed.
+    torch.manual_seed(5)
+    first = [torch.equal(blk(x), shortcut) for _ in range(10)]
+    torch.manual_seed(5)
+    assert [torch.equal(blk(x), shortcut) for _ in range(10)] == first
+    torch.testing.assert_close(blk.eval()(x), kept, rtol=1e-12, atol=1e-12)
+    # The standalone layer: all or nothing, unscaled.
+    dp = DropPath(0.5, mode="batch").train()
+    ys = [dp(torch.ones(4, 3)).sum().item() for _ in range(30)]
+    assert set(ys) == {0.0, 12.0}
+    with pytest.raises(ValueError, match="mode"):
+        DropPath(0.1, mode="token")
+    with pytest.raises(ValueError, match="drop_path_mode"):
+        GroupedBottleneck3d(8, 8, 8, cardinality=4, drop_path_mode="token")
+
+
+def test_penet_survival_schedule():
+    with torch.device("meta"):
+        net = PyramidBackbone3d(drop_path_schedule="penet", drop_path_mode="batch")
+    survival = [1 - b.drop_path.drop_prob for s in net.stages for b in s]
+    want = [1 - (i / 13) * (1 - 0.5) for i in range(13)]
+    assert survival == pytest.approx(want, abs=1e-15)
+    assert survival[-1] == pytest.approx(7 / 13)
+    assert all(b.drop_path.mode == "batch" for s in net.stages for b in s)
+    with pytest.raises(ValueError, match="drop_path_schedule"):
+        PyramidBackbone3d(**SMALL, drop_path_schedule="cosine")

@@ -92,3 +92,77 @@ def test_errors():
         pyr(levels()[:2])
     with pytest.raises(ValueError, match=r"features\[1\]"):
         pyr(levels(chans=(8, 12, 32)))
+
+
+# ------------------------------------------------------------------ align_corners=True (the published neck)
+def _linear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] 1-D linear interpolation with align_corners=True, written out."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        pos = 0.0 if n_out == 1 else i * (n_in - 1) / (n_out - 1)
+        lo = min(int(pos), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        frac = pos - lo
+        m[i, lo] += 1 - frac
+        m[i, hi] += frac
+    return m
+
+
+def _resize_aligned(x: torch.Tensor, size) -> torch.Tensor:
+    d, h, w = (_linear_matrix(n, s) for n, s in zip(x.shape[2:], size, strict=True))
+    return torch.einsum("bcxyz,ix,jy,kz->bcijk", x, d, h, w)
+
+
+def test_gated_fusion_align_corners_true_in_float64():
+    torch.manual_seed(0)
+    gf = GatedFusion3d(6, 3, align_corners=True).double()
+    x = torch.randn(2, 6, 2, 3, 3, dtype=torch.float64)
+    y = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    yr = gf.project(_resize_aligned(y, (2, 3, 3)))
+    a = torch.sigmoid(gf.conv_x(x) * gf.conv_y(yr))
+    gx = gf.gate_x(torch.cat([x, x * a], 1))
+    gy = gf.gate_y(torch.cat([yr, yr * a], 1))
+    want = x * gx[:, :1] + x * a * gx[:, 1:] + yr * gy[:, :1] + yr * a * gy[:, 1:]
+    torch.testing.assert_close(gf(x, y), want, rtol=1e-12, atol=1e-12)
+    unaligned = GatedFusion3d(6, 3).double()
+    unaligned.load_state_dict(gf.state_dict())
+    assert not torch.allclose(unaligned(x, y), want)  # the option matters here
+
+
+def test_gated_fusion_projects_only_resized_maps_when_asked():
+    torch.manual_seed(0)
+    gf = GatedFusion3d(4, 4, always_project=False).double()
+    x, y = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64), torch.randn(1, 4, 2, 3, 3, dtype=torch.float64)
+    a = torch.sigmoid(gf.conv_x(x) * gf.conv_y(y))  # y used as is: no projection
+    gx = gf.gate_x(torch.cat([x, x * a], 1))
+    gy = gf.gate_y(torch.cat([y, y * a], 1))
+    want = x * gx[:, :1] + x * a * gx[:, 1:] + y * gy[:, :1] + y * a * gy[:, 1:]
+    torch.testing.assert_close(gf(x, y), want, rtol=1e-12, atol=1e-12)
+    always = GatedFusion3d(4, 4).double()
+    always.load_state_dict(gf.state_dict())
+    assert not torch.allclose(always(x, y), want)
+    # Different sizes: resize and project in both settings.
+    y2 = torch.randn(1, 4, 4, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(gf(x, y2), always(x, y2))
+    with pytest.raises(ValueError, match="always_project"):
+        GatedFusion3d(4, 2, always_project=False)(x, torch.randn(1, 2, 2, 3, 3))
+    with pytest.raises(ValueError, match="y must have shape"):
+        gf(x, torch.randn(1, 3, 2, 3, 3))
+    with pytest.raises(ValueError, match="x must have shape"):
+        gf(torch.randn(1, 5, 2, 3, 3), y)
+
+
+def test_top_down_merge_uses_align_corners_true_in_float64():
+    torch.manual_seed(0)
+    pyr = BidirectionalPyramid3d((4, 8), align_corners=True, backend="torch").double().eval()
+    f0 = torch.randn(1, 4, 3, 5, 5, dtype=torch.float64)
+    f1 = torch.randn(1, 8, 1, 2, 2, dtype=torch.float64)
+    p1 = pyr.attention[1](f1)
+    up = pyr.up[0](p1)  # UpConv3d doubles: (2, 4, 4), then resized to (3, 5, 5)
+    p0 = pyr.attention[0](f0 + _resize_aligned(up, (3, 5, 5)))
+    outs = pyr.top_down([f0, f1])
+    torch.testing.assert_close(outs[0], p0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outs[1], p1, rtol=1e-10, atol=1e-10)
+    fused = pyr([f0, f1])
+    torch.testing.assert_close(fused[1], pyr.fuse[0](p1, p0), rtol=1e-10, atol=1e-10)
+    assert pyr.fuse[0].align_corners
