@@ -10,75 +10,7 @@ Examples:
     python examples/lung_pet_ct/train.py --out runs/x --resume  # continue a killed run
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from trainer import MODALITIES, TASKS, TrainConfig, run  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Command line -> :class:`trainer.TrainConfig` (defaults live in the dataclass)."""
-    d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", help="TCIA download (DICOM tree); omit for the phantom")
-    g.add_argument("--clinical", help="statistics-clinical-20201221.xlsx (or csv)")
-    g.add_argument("--annotations", help="annotation archive folder (VOC XML per SOPInstanceUID)")
-    g.add_argument("--phantom-patients", type=int, default=d.phantom_patients)
-    g.add_argument("--phantom-seed", type=int, default=d.phantom_seed)
-    g.add_argument("--phantom-dir", help="where the phantom lives (default under the cache root)")
-    g.add_argument("--cache-root", help="phantoms and prepared caches (default $MMSCALE_CACHE or ~/.cache/mmscale)")
-    g.add_argument("--cache-dir", help="prepared cache folder (default: derived from the inputs)")
-    g.add_argument("--depth", type=int, help="slices per crop (phantom 8, real 12)")
-    g.add_argument("--resize", type=int, help="slice resize before cropping (phantom 128, real 208)")
-    g.add_argument("--crop", type=int, help="in-plane crop (phantom 24, real 192)")
-    g.add_argument("--margin", type=int, help="random-crop margin kept in the cache")
-    g.add_argument("--pet", action="store_true", help="add a PET channel resampled onto the CT grid")
-    g = p.add_argument_group("task")
-    g.add_argument("--task", choices=sorted(TASKS), default=d.task)
-    g.add_argument("--modality", choices=MODALITIES, default=d.modality)
-    g.add_argument("--folds", type=int, default=d.folds, help="1: train/val/test split; K: K-fold")
-    g.add_argument("--fold", type=int, help="run only this fold")
-    g.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    g.add_argument("--out", default=d.out)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("model and optimisation")
-    g.add_argument("--preset", choices=("tiny", "paper"), default=d.preset)
-    g.add_argument("--model-overrides", type=json.loads, default={},
-                   help='JSON MMCAFNetConfig overrides, e.g. \'{"drop_path_rate": 0}\'')
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation")
-    g.add_argument("--amp", choices=("auto", "on", "off"), default=d.amp,
-                   help="mixed precision (auto: CUDA fp16 only)")
-    g.add_argument("--patience", type=int, default=d.patience, help="early stopping on val AUROC")
-    g.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs,
-                   help="staged training: epochs with the image encoder frozen")
-    g.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
-                   help="with --modality both: share of training samples shown one modality only")
-    g.add_argument("--no-class-weights", dest="class_weights", action="store_false")
-    g.add_argument("--num-workers", type=int, default=d.num_workers)
-    g = p.add_argument_group("runs")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/fold*/checkpoint.pt")
-    g.add_argument("--stop-after", type=int, help="stop after N epochs (to test --resume)")
-    g.add_argument("--attention-patients", type=int, default=d.attention_patients)
-    g.add_argument("--no-progress", dest="progress", action="store_false")
-    args = vars(p.parse_args(argv))
-    return TrainConfig(**args)
-
+from lung_trainer.cli import run_main, train_main
 
 if __name__ == "__main__":
-    try:
-        run(parse_args())
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    run_main(train_main)

@@ -16,9 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # script -> the docs page that documents its flags
 SCRIPTS = {
-    "examples/lung_pet_ct/train.py": "docs/lung-pet-ct.md",
-    "examples/lung_pet_ct/evaluate.py": "docs/lung-pet-ct.md",
-    "examples/lung_pet_ct/predict.py": "docs/lung-pet-ct.md",
+    # the three example scripts' parsers (train.py, evaluate.py, predict.py)
+    "examples/lung_pet_ct/lung_trainer/cli.py": "docs/lung-pet-ct.md",
     "benchmarks/attention_speed.py": "docs/benchmarks.md",
     "benchmarks/model_throughput.py": "docs/benchmarks.md",
     "benchmarks/kernel_speed.py": "docs/benchmarks.md",

@@ -63,8 +63,8 @@ def shared_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(shared_dirs, tmp_path_factory):
     """One finished in-process run; returns its output folder."""
-    from train import parse_args
-    from trainer import run
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     phantom, cache = shared_dirs
     out = tmp_path_factory.mktemp("run")

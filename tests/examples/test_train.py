@@ -52,8 +52,8 @@ def test_evaluate_and_predict_scripts(trained, shared_dirs, tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    from train import parse_args
-    from trainer import evaluate_checkpoint, run
+    from lung_trainer import evaluate_checkpoint, run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     (tmp_path / "readme.txt").write_text("not dicom")
     with pytest.raises(ValueError, match="not a TCIA download"):
@@ -64,8 +64,8 @@ def test_clear_errors(tmp_path):
 
 
 def test_compute_metrics_matches_sklearn_definitions():
+    from lung_trainer import compute_metrics, format_metrics
     from sklearn.metrics import confusion_matrix
-    from trainer import compute_metrics, format_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 60)
@@ -93,7 +93,8 @@ def test_compute_metrics_matches_sklearn_definitions():
 
 
 def test_splits_are_patient_level_and_stratified():
-    from trainer import TrainConfig, make_splits
+    from lung_trainer import TrainConfig
+    from lung_trainer.data import make_splits
 
     ids = [f"A{i:04d}" for i in range(30)] + [f"G{i:04d}" for i in range(10)]
     labels = [0] * 30 + [1] * 10
@@ -108,7 +109,7 @@ def test_splits_are_patient_level_and_stratified():
 
 
 def test_bad_config():
-    from trainer import TrainConfig
+    from lung_trainer import TrainConfig
 
     with pytest.raises(ValueError, match="task"):
         TrainConfig(task="3class").validate()
@@ -119,8 +120,8 @@ def test_bad_config():
 
 
 def test_table_modality_trains(shared_dirs, tmp_path):
-    from train import parse_args
-    from trainer import run
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     phantom, cache = shared_dirs
     run(parse_args(small_args(phantom, cache, tmp_path, "--modality", "table", "--epochs", "1")))
@@ -129,8 +130,8 @@ def test_table_modality_trains(shared_dirs, tmp_path):
 
 
 def test_staged_training_keeps_the_image_encoder_frozen_first(shared_dirs, tmp_path):
-    from train import parse_args
-    from trainer import build_model, run
+    from lung_trainer import build_model, run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     from mmscale.data import TableSchema
 
@@ -148,8 +149,8 @@ def test_staged_training_keeps_the_image_encoder_frozen_first(shared_dirs, tmp_p
 
 
 def test_amp_and_gradient_accumulation_run(shared_dirs, tmp_path):
-    from train import parse_args
-    from trainer import run
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     phantom, cache = shared_dirs
     metrics = run(parse_args(small_args(phantom, cache, tmp_path, "--amp", "on", "--accum-steps", "2",
@@ -161,8 +162,8 @@ def test_amp_and_gradient_accumulation_run(shared_dirs, tmp_path):
 
 
 def test_four_class_task_needs_enough_patients_per_class(shared_dirs, tmp_path):
-    from train import parse_args
-    from trainer import run
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     phantom, cache = shared_dirs
     with pytest.raises(ValueError, match="too small to stratify"):
@@ -170,7 +171,7 @@ def test_four_class_task_needs_enough_patients_per_class(shared_dirs, tmp_path):
 
 
 def test_modality_dropout_hides_one_modality_never_both():
-    from trainer import modality_dropout
+    from lung_trainer import modality_dropout
 
     n = 400
     batch = {"volume": torch.rand(n, 1, 2, 4, 4), "numerical": torch.zeros(n, 2),
@@ -186,8 +187,8 @@ def test_modality_dropout_hides_one_modality_never_both():
 
 def test_real_collection_arguments(shared_dirs, tmp_path):
     """--data-dir/--clinical/--annotations: the path taken for the real download."""
-    from train import parse_args
-    from trainer import run
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
 
     phantom, _ = shared_dirs
     args = small_args(phantom, tmp_path / "cache", tmp_path / "out", "--epochs", "1")

@@ -1,0 +1,139 @@
+"""The run configuration of the Lung-PET-CT-Dx example: one dataclass, stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from mmscale.data import CropConfig
+
+__all__ = ["MODALITIES", "PHANTOM_CROP", "PHANTOM_VERSION", "REAL_CROP", "TASKS", "TrainConfig"]
+
+# Class letters of each task, in label order.
+TASKS = {"ag": ("A", "G"), "4class": ("A", "B", "E", "G")}
+# Which inputs the model gets.
+MODALITIES = ("image", "table", "both")
+# Bumped whenever the phantom generator's output changes (a new cache folder).
+PHANTOM_VERSION = 4
+# The phantom's slices are 128 px with lesions of 3-10 px radius: a small window around
+# the lesion carries all the evidence and keeps the CPU demo fast.
+PHANTOM_CROP = {"depth": 8, "resize": 128, "crop": 24, "margin": 4}
+REAL_CROP = {"depth": 12, "resize": 208, "crop": 192, "margin": None}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (stored in every checkpoint).
+
+    Attributes:
+        data_dir, clinical, annotations: the real collection; ``data_dir=None`` builds
+            (once) and uses the phantom.
+        phantom_patients, phantom_seed, phantom_dir: the phantom (default folder under
+            ``cache_root``).
+        cache_root: where phantoms and prepared caches live (``$MMSCALE_CACHE`` or
+            ``~/.cache/mmscale``); ``cache_dir`` overrides the prepared cache folder.
+        task: ``"ag"`` (A vs G, the paper's) or ``"4class"``.
+        modality: ``"image"``, ``"table"`` or ``"both"``.
+        out: output folder.
+        folds: 1 = one stratified train/val/test split; K >= 2 = K-fold (test = fold k).
+        fold: run only this fold (``None`` = all).
+        test_fraction, val_fraction: split shares (test only when ``folds == 1``).
+        preset, model_overrides: ``MMCAFNet.from_preset(preset, **model_overrides)``.
+        depth, resize, crop, margin, pet: crop geometry (``None`` = phantom or paper default).
+        epochs, batch_size, lr, weight_decay, warmup_epochs, min_lr_ratio, accum_steps:
+            optimisation (AdamW, linear warmup then cosine, per optimizer step).
+        amp: ``"auto"`` (CUDA only), ``"on"`` or ``"off"``.
+        patience: early stopping on validation AUROC (epochs without improvement).
+        freeze_epochs: epochs with the image encoder frozen (staged training).
+        modality_dropout: with ``modality="both"``, share of training samples that see
+            only one modality (see :func:`modality_dropout`).
+        class_weights: weight the loss by inverse class frequency.
+        seed: all randomness (split, init, sampler, augmentation, dropout).
+        num_workers: DataLoader workers.
+        stop_after: stop (as if killed) after this many epochs in this invocation.
+        resume: continue from ``out/fold*/checkpoint.pt``.
+        attention_patients: how many validation patients get an attention PNG.
+        progress: tqdm bars.
+    """
+
+    data_dir: str | None = None
+    clinical: str | None = None
+    annotations: str | None = None
+    phantom_patients: int = 320
+    phantom_seed: int = 0
+    phantom_dir: str | None = None
+    cache_root: str | None = None
+    cache_dir: str | None = None
+    task: str = "ag"
+    modality: str = "both"
+    out: str = "runs/lung_pet_ct"
+    folds: int = 1
+    fold: int | None = None
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    depth: int | None = None
+    resize: int | None = None
+    crop: int | None = None
+    margin: int | None = None
+    pet: bool = False
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.02
+    accum_steps: int = 1
+    amp: str = "auto"
+    patience: int = 10
+    freeze_epochs: int = 0
+    modality_dropout: float = 0.4
+    class_weights: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    stop_after: int | None = None
+    resume: bool = False
+    attention_patients: int = 4
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Check value ranges.
+
+        Raises:
+            ValueError: naming the first bad field.
+        """
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {sorted(TASKS)}, got {self.task!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality: expected one of {MODALITIES}, got {self.modality!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"amp: expected 'auto', 'on' or 'off', got {self.amp!r}")
+        for name in ("folds", "epochs", "batch_size", "accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold: must be in [0, {self.folds}), got {self.fold}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout: must be in [0, 1), got {self.modality_dropout}")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.data_dir is None and (self.clinical or self.annotations):
+            raise ValueError("data_dir: --clinical/--annotations need --data-dir (the DICOM tree)")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class letters of the task, in label order."""
+        return TASKS[self.task]
+
+    def crop_config(self) -> CropConfig:
+        """The crop geometry: explicit values, else the phantom's or the paper's."""
+        base = PHANTOM_CROP if self.data_dir is None else REAL_CROP
+        vals = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
+        return CropConfig(**vals, pet=self.pet)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Rebuild from :func:`dataclasses.asdict` output (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

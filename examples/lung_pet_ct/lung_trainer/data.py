@@ -1,0 +1,157 @@
+"""Data for a run: the phantom, the prepared cache, patient splits and encoded subsets."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmscale.data import (
+    PAPER_FEATURES,
+    LesionDataset,
+    PreparedData,
+    TableSchema,
+    cache_key,
+    make_phantom,
+    prepare,
+)
+
+from .config import PHANTOM_VERSION, TrainConfig
+from .runtime import Runtime, barrier, log
+
+__all__ = ["Encoded", "Split", "cache_root", "ensure_phantom", "load_data", "make_splits",
+           "table_rows", "task_patients"]
+
+
+def cache_root(cfg: TrainConfig) -> Path:
+    """Root folder for phantoms and prepared caches."""
+    return Path(cfg.cache_root or os.environ.get("MMSCALE_CACHE") or "~/.cache/mmscale").expanduser()
+
+
+def ensure_phantom(cfg: TrainConfig, rt: Runtime) -> tuple[str, str, str]:
+    """Build the default phantom once (atomically: a temp folder renamed at the end)."""
+    root = Path(cfg.phantom_dir).expanduser() if cfg.phantom_dir else (
+        cache_root(cfg) / "phantom" / f"v{PHANTOM_VERSION}-n{cfg.phantom_patients}-s{cfg.phantom_seed}")
+    done = root / ".complete"
+    if rt.main and not done.is_file():
+        log(rt, f"building the phantom ({cfg.phantom_patients} patients) in {root} ...")
+        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        t0 = time.time()
+        make_phantom(tmp, n_patients=cfg.phantom_patients, seed=cfg.phantom_seed)
+        (tmp / ".complete").write_text("ok\n")
+        if root.exists():  # a stale incomplete folder from a killed run
+            import shutil
+
+            shutil.rmtree(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, root)
+        log(rt, f"phantom ready in {time.time() - t0:.0f} s")
+    barrier(rt)
+    from mmscale.data.phantom import ANNOTATION_ARCHIVE, CLINICAL_NAME
+
+    return str(root), str(root / ANNOTATION_ARCHIVE), str(root / CLINICAL_NAME)
+
+
+def load_data(cfg: TrainConfig, rt: Runtime) -> PreparedData:
+    """Phantom (if needed) and the prepared cache; rank 0 prepares, the others wait."""
+    if cfg.data_dir is None:
+        data_dir, annotations, clinical = ensure_phantom(cfg, rt)
+    else:
+        data_dir, annotations, clinical = cfg.data_dir, cfg.annotations, cfg.clinical
+    crop = cfg.crop_config()
+    if cfg.cache_dir:
+        cache = Path(cfg.cache_dir).expanduser()
+    else:
+        stamp = [str(Path(p).expanduser().resolve()) if p else None
+                 for p in (data_dir, annotations, clinical)]
+        mtime = os.path.getmtime(clinical) if clinical and os.path.exists(clinical) else None
+        cache = cache_root(cfg) / "prepared" / cache_key(stamp, mtime, crop.to_dict())
+    if rt.main:
+        data = prepare(data_dir, cache, annotations=annotations, clinical=clinical, crop=crop,
+                       progress=cfg.progress)
+        log(rt, f"prepared cache {cache}:\n{data.report}")
+    barrier(rt)
+    return data if rt.main else PreparedData.load(cache)
+
+
+@dataclass
+class Split:
+    """Patient IDs of one fold's train / val / test sets."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """Plain form for checkpoints."""
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def task_patients(data: PreparedData, classes: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Patients of the task's classes and their label indices."""
+    ids, ys = [], []
+    for pid, letter in zip(data.patient_ids, data.labels, strict=True):
+        if letter in classes:
+            ids.append(pid)
+            ys.append(classes.index(letter))
+    return ids, ys
+
+
+def make_splits(ids: Sequence[str], labels: Sequence[int], cfg: TrainConfig) -> list[Split]:
+    """Patient-level stratified splits: one per fold (test = the fold; val from the rest).
+
+    Raises:
+        ValueError: a class has too few patients to be stratified.
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(cfg.classes))
+    need = max(cfg.folds, 3)
+    if counts.min() < need:
+        raise ValueError(f"task: class counts {dict(zip(cfg.classes, counts.tolist(), strict=True))} are too "
+                         f"small to stratify train/val/test into {cfg.folds} fold(s) (need >= {need})")
+    if cfg.folds == 1:
+        rest, test = train_test_split(np.arange(len(ids)), test_size=cfg.test_fraction,
+                                      stratify=labels, random_state=cfg.seed)
+        outer = [(rest, test)]
+    else:
+        skf = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
+        outer = list(skf.split(ids, labels))
+    splits = []
+    for rest, test in outer:
+        train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=labels[rest],
+                                      random_state=cfg.seed)
+        splits.append(Split(sorted(ids[train].tolist()), sorted(ids[val].tolist()),
+                            sorted(ids[test].tolist())))
+    return splits
+
+
+def table_rows(data: PreparedData, ids: Sequence[str]) -> list[dict]:
+    """The paper's feature values of ``ids``; a patient without a clinical row (reported
+    by ``prepare``) gets all values missing."""
+    pos = {p: i for i, p in enumerate(data.patient_ids)}
+    return [{name: (data.rows[pos[p]] or {}).get(name) for name, _ in PAPER_FEATURES} for p in ids]
+
+
+class Encoded:
+    """Volumes, encoded table and labels of one patient subset."""
+
+    def __init__(self, data: PreparedData, ids: Sequence[str], schema: TableSchema,
+                 classes: Sequence[str]):
+        pos = {p: i for i, p in enumerate(data.patient_ids)}
+        idx = [pos[p] for p in ids]
+        self.ids = list(ids)
+        self.volumes = data.volumes[idx]
+        self.numerical, self.categorical = schema.encode(table_rows(data, ids))
+        self.labels = np.array([classes.index(data.labels[i]) for i in idx], dtype=np.int64)
+
+    def dataset(self, crop: int, train: bool, seed: int) -> LesionDataset:
+        """Wrap as a :class:`LesionDataset`."""
+        return LesionDataset(self.volumes, self.numerical, self.categorical, self.labels,
+                             crop=crop, train=train, seed=seed)
+
