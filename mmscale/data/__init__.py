@@ -28,6 +28,7 @@ from mmscale.data.crops import (
     resample_pet_to_ct,
 )
 from mmscale.data.dicom import (
+    AXIAL,
     CT_IMAGE_STORAGE,
     PET_IMAGE_STORAGE,
     SECONDARY_CAPTURE,
@@ -37,6 +38,7 @@ from mmscale.data.dicom import (
     load_pet_series,
     read_header,
 )
+from mmscale.data.patient import PatientCrop, crop_patient
 from mmscale.data.phantom import PhantomPaths, make_phantom
 from mmscale.data.tcia import (
     CLASS_NAMES,
@@ -49,6 +51,7 @@ from mmscale.data.tcia import (
 )
 
 __all__ = [
+    "AXIAL",
     "CLASS_NAMES",
     "CT_IMAGE_STORAGE",
     "PAPER_FEATURES",
@@ -61,6 +64,7 @@ __all__ = [
     "CropConfig",
     "LesionDataset",
     "PETSeries",
+    "PatientCrop",
     "PatientRecord",
     "PhantomPaths",
     "PreparedData",
@@ -69,6 +73,7 @@ __all__ = [
     "atomic_write_bytes",
     "cache_key",
     "center_crop",
+    "crop_patient",
     "crop_volume",
     "lesion_center",
     "load_ct_series",

@@ -21,15 +21,8 @@ import numpy as np
 import torch
 
 from mmscale._io import atomic_write_bytes
-from mmscale.data.crops import (
-    CropConfig,
-    center_crop,
-    crop_volume,
-    lesion_center,
-    random_crop,
-    resample_pet_to_ct,
-)
-from mmscale.data.dicom import load_ct_series, load_pet_series
+from mmscale.data.crops import CropConfig, center_crop, random_crop
+from mmscale.data.patient import crop_patient
 
 __all__ = [
     "LesionDataset",
@@ -40,15 +33,50 @@ __all__ = [
 ]
 
 _INDEX = "index.json"
-_FORMAT = 1
+_FORMAT = 2  # 2: sidecars and index list dropped slices and boxes
+_REPORT_ITEMS = 50  # dropped items named in the text report (index.json lists them all)
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def _npy_bytes(array: np.ndarray) -> bytes:
     import io
 
     buf = io.BytesIO()
     np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_or_abort(path: Path, data: bytes, cache_dir: Path) -> None:
+    """Write a cache file; an I/O error stops :func:`prepare` with a message naming it."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"cache_dir: cannot write {str(path)!r} ({err.strerror or err}); prepare stopped and "
+            f"{str(cache_dir)!r} holds no index, so no later run treats it as complete. Free "
+            "space or fix permissions and run again (finished crops are kept)",
+        ) from err
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    """The per-patient sidecar of a finished crop, or ``None`` when it must be redone."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing, half-written by an older version, or unreadable: cut again
+    return meta if isinstance(meta, dict) and meta.get("format") == _FORMAT else None
+
+
+def _dropped_lines(entries: list[dict], key: str, what: str) -> list[str]:
+    """Report lines naming every dropped item of every patient, with its reason."""
+    items = [(e["id"], item, why) for e in entries for item, why in e[key]]
+    if not items:
+        return []
+    lines = [f"{len(items)} {what} (all listed in index.json):"]
+    lines += [f"  {pid}: {item}: {why}" for pid, item, why in items[:_REPORT_ITEMS]]
+    if len(items) > _REPORT_ITEMS:
+        lines.append(f"  ... and {len(items) - _REPORT_ITEMS} more")
+    return lines
 
 
 def cache_key(*parts: Any) -> str:
@@ -144,10 +172,15 @@ def prepare(
 ) -> PreparedData:
     """Scan a download, cut one crop per patient and cache crops, table and index.
 
-    Reruns are cheap: a finished cache is loaded as is, and an interrupted one resumes
-    (crops already on disk are kept). Everything left out is reported, with a warning:
-    patients whose CT cannot be read, patients without a clinical row (kept, with all
-    clinical values missing), clinical rows without imaging, unknown stage strings.
+    Each patient is cut by :func:`mmscale.data.crop_patient` (a patient without a usable
+    lesion box gets a centre crop, reported). Reruns are cheap: a finished cache is
+    loaded as is, and an interrupted one resumes (crops already on disk are kept).
+    Everything left out is reported in ``report`` and ``index.json``, with a warning:
+    patients whose CT cannot be read or parsed (dropped, with the reason), every slice
+    file and lesion box left out (by name, with the reason), patients without a clinical
+    row (kept, with all clinical values missing), clinical rows without imaging, bad
+    clinical values. Only problems of the input drop a patient: an error writing the
+    cache (out of space, read-only) stops the run and no ``index.json`` is written.
 
     Args:
         data_dir: the TCIA download (see :func:`mmscale.data.scan_tcia`).
@@ -163,6 +196,8 @@ def prepare(
     Raises:
         ValueError: ``data_dir`` is not a TCIA tree, ``clinical`` cannot be read, or no
             patient could be prepared.
+        OSError: the cache cannot be written (the message names the file); the folder
+            is left without ``index.json``.
 
     Example:
         >>> data = prepare("~/tcia", "~/.cache/mmscale/prep", clinical="clin.xlsx")  # doctest: +SKIP
@@ -181,42 +216,41 @@ def prepare(
     patients, summary = scan_tcia(data_dir, annotations, progress=progress)
     table = read_clinical(clinical) if clinical is not None else None
     crops_dir = cache_dir / "crops"
-    crops_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        crops_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cache_dir: cannot create {str(crops_dir)!r} "
+                                 f"({err.strerror or err})") from err
     entries, failed = [], []
     bar = tqdm(patients.values(), desc="prepare crops", unit="patient", disable=not progress)
     for rec in bar:
         path = crops_dir / f"{rec.patient_id}.npy"
         notes = list(rec.notes)
         meta_path = crops_dir / f"{rec.patient_id}.json"
-        try:
-            if path.is_file() and meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-            else:
-                ct = load_ct_series(rec.ct_files)
-                center = lesion_center(ct, rec.boxes)
-                pet = None
-                if crop.pet and rec.pet_files:
-                    pet = resample_pet_to_ct(load_pet_series(rec.pet_files), ct)
-                elif crop.pet:
-                    notes.append("no PET series (PET channel is zeros)")
-                array = crop_volume(ct, center, crop, pet).astype(np.float16)
-                meta = {
-                    "has_box": center is not None,
-                    "center": list(center) if center is not None else None,
-                    "shape": list(ct.hu.shape),
-                    "spacing": list(ct.spacing),
-                    "skipped_files": [list(s) for s in ct.skipped],
-                }
-                _atomic_save_npy(path, array)
-                # The sidecar is written after the crop: a crop without sidecar is redone.
-                atomic_write_bytes(meta_path, json.dumps(meta).encode())
-        except (ValueError, OSError) as err:
-            warnings.warn(f"patient {rec.patient_id}: CT could not be prepared ({err})", stacklevel=2)
-            failed.append({"id": rec.patient_id, "reason": str(err)})
-            continue
-        for f, why in meta["skipped_files"]:
-            if why.startswith("unreadable"):
-                summary.skipped.append((f, why))
+        meta = _read_sidecar(meta_path) if path.is_file() else None
+        if meta is None:
+            try:
+                # center_fallback: a patient without a usable box gets a centre crop, reported.
+                pc = crop_patient(rec, crop, center_fallback=True)
+            except ValueError as err:  # the input cannot be read or parsed: drop, report
+                warnings.warn(f"patient {rec.patient_id}: dropped, CT could not be prepared ({err})",
+                              stacklevel=2)
+                failed.append({"id": rec.patient_id, "reason": str(err)})
+                continue
+            meta = {
+                "format": _FORMAT,
+                "has_box": pc.lesion_centred,
+                "center": list(pc.center) if pc.center is not None else None,
+                "shape": list(pc.shape),
+                "spacing": list(pc.spacing),
+                "dropped_slices": [list(d) for d in pc.dropped_slices],
+                "dropped_boxes": [list(d) for d in pc.dropped_boxes],
+                "notes": pc.notes,
+            }
+            # Writing errors (out of space, read-only) abort: the cache must not look complete.
+            _write_or_abort(path, _npy_bytes(pc.volume), cache_dir)
+            # The sidecar is written after the crop: a crop without sidecar is redone.
+            _write_or_abort(meta_path, json.dumps(meta).encode(), cache_dir)
         row = table.row(rec.patient_id) if table is not None else None
         if table is not None and row is None:
             notes.append("no clinical row (all clinical values missing)")
@@ -228,7 +262,9 @@ def prepare(
             "shape": meta["shape"],
             "spacing": meta["spacing"],
             "clinical": {k: _plain(v) for k, v in row.items()} if row is not None else None,
-            "notes": notes,
+            "notes": notes + meta["notes"],
+            "dropped_slices": meta["dropped_slices"],
+            "dropped_boxes": meta["dropped_boxes"],
         })
     if not entries:
         raise ValueError(f"data_dir: no patient could be prepared from {str(data_dir)!r}")
@@ -237,8 +273,14 @@ def prepare(
         clinical_only = sorted(set(table.frame.index) - set(patients))
     lines = [summary.report()]
     if failed:
-        lines.append(f"{len(failed)} patient(s) dropped, CT unreadable: "
-                     + ", ".join(f["id"] for f in failed[:10]))
+        lines.append(f"{len(failed)} patient(s) dropped, CT could not be prepared:")
+        lines += [f"  {f['id']}: {f['reason']}" for f in failed]
+    lines += _dropped_lines(entries, "dropped_slices", "slice file(s) left out of the volumes")
+    lines += _dropped_lines(entries, "dropped_boxes", "lesion box(es) not used")
+    noted = [e for e in entries if e["notes"]]
+    if noted:
+        lines.append(f"{len(noted)} patient(s) with notes:")
+        lines += [f"  {e['id']}: " + "; ".join(e["notes"]) for e in noted]
     no_row = [e["id"] for e in entries if table is not None and e["clinical"] is None]
     if no_row:
         lines.append(f"{len(no_row)} patient(s) without a clinical row (kept, table missing): "
@@ -249,7 +291,8 @@ def prepare(
     if table is not None and table.issues:
         lines.append(f"{len(table.issues)} clinical issue(s): " + "; ".join(table.issues[:5]))
     report = "\n".join(lines)
-    if failed or no_row or (table is not None and table.issues):
+    if (failed or no_row or (table is not None and table.issues)
+            or any(e["dropped_slices"] or e["dropped_boxes"] for e in entries)):
         warnings.warn("prepare: some inputs were incomplete:\n" + report, stacklevel=2)
     index = {
         "format": _FORMAT,
@@ -264,7 +307,7 @@ def prepare(
         "skip_reasons": dict(summary.skip_reasons),
         "report": report,
     }
-    atomic_write_bytes(cache_dir / _INDEX, json.dumps(index, indent=1).encode())
+    _write_or_abort(cache_dir / _INDEX, json.dumps(index, indent=1).encode(), cache_dir)
     return PreparedData.load(cache_dir)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmscale.data.dicom import CTSeries, PETSeries
+from mmscale.data.dicom import AXIAL, CTSeries, PETSeries
 from mmscale.data.tcia import Box
 
 __all__ = [
@@ -121,7 +121,7 @@ def lesion_center(ct: CTSeries, boxes: Sequence[Box]) -> tuple[float, float, flo
 def resample_pet_to_ct(pet: PETSeries, ct: CTSeries) -> np.ndarray:
     """Trilinear resampling of a PET volume onto the CT voxel grid.
 
-    Both series are assumed axis-aligned (ImageOrientationPatient identity, as in the
+    Both series must be axial (ImageOrientationPatient ``(1, 0, 0, 0, 1, 0)``, as in the
     collection); voxels outside the PET field of view become 0.
 
     Args:
@@ -131,10 +131,17 @@ def resample_pet_to_ct(pet: PETSeries, ct: CTSeries) -> np.ndarray:
     Returns:
         float32 ``[D, H, W]`` PET values on the CT grid.
 
+    Raises:
+        ValueError: either series is not axial.
+
     Example:
         >>> resample_pet_to_ct(pet, ct).shape == ct.hu.shape  # doctest: +SKIP
         True
     """
+    for name, series in (("pet", pet), ("ct", ct)):
+        if np.abs(np.asarray(series.orientation, dtype=np.float64) - AXIAL).max() > 1e-3:
+            raise ValueError(f"{name}: ImageOrientationPatient {list(series.orientation)} is not "
+                             f"axial {list(AXIAL)}; resampling supports axial series only")
     d, h, w = ct.hu.shape
     _, dy, dx = ct.spacing
     pd_, ph, pw = pet.values.shape

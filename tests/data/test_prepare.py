@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("pydicom")
 
 import mmscale.data.cache as prep  # noqa: E402
+import mmscale.data.patient as patient_mod  # noqa: E402
 from mmscale.data import (  # noqa: E402
     CropConfig,
     CTSeries,
@@ -93,7 +94,7 @@ def test_prepare_reports_and_keeps_incomplete_patients(quirky_phantom, tmp_path)
 
 def test_prepare_resumes_after_interruption_without_half_files(phantom, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = prep.crop_volume
+    real = patient_mod.crop_volume
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -101,13 +102,13 @@ def test_prepare_resumes_after_interruption_without_half_files(phantom, tmp_path
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "crop_volume", flaky)
+    monkeypatch.setattr(patient_mod, "crop_volume", flaky)
     with pytest.raises(KeyboardInterrupt):
         _prepare(phantom, tmp_path)
     assert not (tmp_path / "index.json").exists()
     assert len(list((tmp_path / "crops").glob("*.npy"))) == 3
     assert not list(tmp_path.rglob("*.tmp"))
-    monkeypatch.setattr(prep, "crop_volume", real)
+    monkeypatch.setattr(patient_mod, "crop_volume", real)
     calls["n"] = 0
     counted = {"n": 0}
 
@@ -115,7 +116,7 @@ def test_prepare_resumes_after_interruption_without_half_files(phantom, tmp_path
         counted["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "crop_volume", counting)
+    monkeypatch.setattr(patient_mod, "crop_volume", counting)
     data = _prepare(phantom, tmp_path)
     assert counted["n"] == 5  # only the patients not cut before
     fresh = _prepare(phantom, tmp_path / "fresh")
@@ -181,3 +182,71 @@ def test_atomic_write_lives_in_a_neutral_module_and_is_re_exported():
 
     assert mmscale.data.atomic_write_bytes is mmscale._io.atomic_write_bytes
     assert prep.atomic_write_bytes is mmscale._io.atomic_write_bytes
+
+
+def test_crop_patient_gives_exactly_the_cached_crop(phantom, tmp_path):
+    """prepare caches what crop_patient returns, so a prediction sees the training input."""
+    from mmscale.data import crop_patient, scan_tcia
+
+    data = _prepare(phantom, tmp_path)
+    patients, _ = scan_tcia(phantom.data_dir, phantom.annotations)
+    for i, pid in enumerate(data.patient_ids):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pc = crop_patient(patients[pid], CROP, center_fallback=True)
+        assert pc.volume.dtype == np.float16 and pc.volume.shape == (1, 4, 20, 20)
+        np.testing.assert_array_equal(pc.volume, data.volumes[i])
+        assert pc.lesion_centred == data.has_box[i]
+
+
+def test_crop_patient_without_a_usable_box_needs_center_fallback(phantom):
+    import dataclasses
+
+    from mmscale.data import Box, crop_patient, scan_tcia
+
+    patients, _ = scan_tcia(phantom.data_dir, phantom.annotations)
+    rec = next(r for r in patients.values() if r.boxes)
+    bad = dataclasses.replace(rec, boxes=[Box("1.2.3.4", 1.0, 1.0, 5.0, 5.0),
+                                          Box(rec.boxes[0].sop_instance_uid, 3.0, 3.0, 3.0, 9.0)])
+    with pytest.raises(ValueError, match=f"{rec.patient_id}.*center_fallback"):
+        crop_patient(bad, CROP)
+    with pytest.warns(UserWarning, match=f"patient {rec.patient_id}.*centre"):
+        pc = crop_patient(bad, CROP, center_fallback=True)
+    assert not pc.lesion_centred and pc.center is None
+    assert [why for _, why in pc.dropped_boxes] == ["its slice is not in the loaded CT volume",
+                                                    "zero area"]
+    centred = crop_patient(rec, CROP)
+    assert centred.lesion_centred and centred.dropped_boxes == []
+
+
+def test_prepare_stops_on_a_full_disk_and_leaves_no_index(phantom, tmp_path, monkeypatch):
+    """An out-of-space error is not a bad patient: the run stops and nothing claims completeness."""
+    import errno
+
+    real = prep.atomic_write_bytes
+    calls = {"n": 0}
+
+    def full_disk(path, data):
+        calls["n"] += 1
+        if calls["n"] >= 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(prep, "atomic_write_bytes", full_disk)
+    with pytest.raises(OSError, match="cannot write.*No space left") as info:
+        _prepare(phantom, tmp_path)
+    assert info.value.errno == errno.ENOSPC
+    assert not (tmp_path / "index.json").exists()
+    monkeypatch.setattr(prep, "atomic_write_bytes", real)
+    data = _prepare(phantom, tmp_path)  # resumes once space is back: every patient is there
+    assert sorted(data.patient_ids) == sorted(phantom.labels) and data.info["failed"] == []
+
+
+def test_prepare_report_names_every_dropped_slice(phantom, tmp_path):
+    """The duplicate-position slices of the multi-phase patient are named in text and index."""
+    data = _prepare(phantom, tmp_path)
+    dropped = [(e["id"], f, why) for e in data.info["patients"] for f, why in e["dropped_slices"]]
+    assert dropped and all("duplicate slice position" in why for _, _, why in dropped)
+    for pid, f, _ in dropped:
+        assert f"{pid}: {f}" in data.report
+    assert "slice file(s) left out" in data.report
