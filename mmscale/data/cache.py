@@ -305,6 +305,10 @@ def prepare(
         "clinical_only": clinical_only,
         "clinical_issues": table.issues if table is not None else [],
         "skip_reasons": dict(summary.skip_reasons),
+        # Every file, folder and box the scan left out, by name, with its reason.
+        "scan_skipped": [list(item) for item in summary.skipped],
+        "patients_without_ct": summary.patients_without_ct,
+        "empty_patient_folders": [list(item) for item in summary.empty_patient_folders],
         "report": report,
     }
     _write_or_abort(cache_dir / _INDEX, json.dumps(index, indent=1).encode(), cache_dir)

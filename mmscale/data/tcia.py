@@ -8,6 +8,7 @@ names (which repeat across series) are never used as keys.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import warnings
@@ -131,6 +132,10 @@ class ScanSummary:
             chosen CT series (a third of the real archive points at Secondary Capture).
         empty_annotation_folders: annotation folders with no XML file.
         zero_area_boxes: degenerate boxes dropped.
+        bad_boxes: boxes with missing, non-numeric, non-finite or absurd corners
+            dropped (each also in ``skipped`` with its file).
+        empty_patient_folders: ``(folder, reason)`` for each patient folder that
+            yielded no patient (no DICOM file, nothing readable, no CT series).
 
     Example:
         >>> s = ScanSummary(files=3)
@@ -148,6 +153,8 @@ class ScanSummary:
     annotations_unmatched: int = 0
     empty_annotation_folders: list[str] = field(default_factory=list)
     zero_area_boxes: int = 0
+    bad_boxes: int = 0
+    empty_patient_folders: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def skip_reasons(self) -> Counter:
@@ -166,54 +173,113 @@ class ScanSummary:
         if self.patients_without_boxes:
             lines.append(f"{len(self.patients_without_boxes)} patient(s) without a usable box "
                          "(centre crop): " + ", ".join(self.patients_without_boxes[:10]))
+        if self.empty_patient_folders:
+            lines.append(f"{len(self.empty_patient_folders)} patient folder(s) yielded no patient:")
+            lines += [f"  {folder}: {why}" for folder, why in self.empty_patient_folders]
         lines.append(f"{self.annotation_files} annotation files, {self.annotations_unmatched} not "
-                     f"on a chosen CT slice, {self.zero_area_boxes} zero-area box(es) dropped")
+                     f"on a chosen CT slice, {self.zero_area_boxes} zero-area box(es) dropped, "
+                     f"{self.bad_boxes} bad box(es) dropped")
         if self.empty_annotation_folders:
             lines.append(f"{len(self.empty_annotation_folders)} empty annotation folder(s): "
                          + ", ".join(self.empty_annotation_folders[:10]))
         return "\n".join(lines)
 
 
+_MAX_CORNER = 65535.0  # DICOM Rows/Columns are 16-bit: a corner beyond this is no pixel
+
+
+def _parse_annotations(path: Path) -> tuple[list[Box], list[str]]:
+    """Boxes of one VOC file, and a reason for each ``<object>`` box left out.
+
+    Raises:
+        ValueError: the file cannot be read or parsed (the message names it).
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"path: {str(path)!r} is not valid XML ({err})") from err
+    except (OSError, LookupError, UnicodeError, ValueError) as err:
+        # A folder named *.xml, a dangling link, an unknown or wrong declared encoding.
+        raise ValueError(f"path: {str(path)!r} cannot be read as XML "
+                         f"({type(err).__name__}: {err})") from err
+    uid = path.stem
+    boxes, bad = [], []
+    for i, obj in enumerate(root.iter("object")):
+        bb = obj.find("bndbox")
+        if bb is None:
+            bad.append(f"object {i}: no <bndbox>")
+            continue
+        texts = [(bb.findtext(k) or "").strip() for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            coords = [float(t) for t in texts]
+        except ValueError:
+            bad.append(f"object {i}: non-numeric box corner(s) {texts}")
+            continue
+        if not all(math.isfinite(v) and abs(v) <= _MAX_CORNER for v in coords):
+            bad.append(f"object {i}: box corner(s) {texts} not finite or beyond "
+                       f"+-{_MAX_CORNER:g} px")
+            continue
+        boxes.append(Box(uid, *coords))
+    return boxes, bad
+
+
 def read_annotations(path: str | os.PathLike) -> list[Box]:
     """Parse one LabelImg / PASCAL VOC file named ``<SOPInstanceUID>.xml``.
 
-    The ``<name>`` of each object is ignored (it is unreliable in the archive).
+    The ``<name>`` of each object is ignored (it is unreliable in the archive). A box
+    whose corners are missing, non-numeric, non-finite or beyond 65535 pixels is left
+    out with a warning naming the file; the file's other boxes are kept.
 
     Args:
         path: the XML file.
 
     Returns:
-        One :class:`Box` per ``<object>`` (zero-area boxes included).
+        One :class:`Box` per usable ``<object>`` (zero-area boxes included).
 
     Raises:
-        ValueError: the file is not well-formed XML or a box has non-numeric corners.
+        ValueError: the file cannot be read (a folder, a dangling link), is not
+            well-formed XML, or declares an unknown encoding; the message names it.
 
     Example:
         >>> boxes = read_annotations("Annotation/A0001/1.3.6.1.4.1.14519.xml")  # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as err:
-        raise ValueError(f"path: {str(path)!r} is not valid XML ({err})") from err
-    uid = path.stem
-    boxes = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        if bb is None:
-            continue
-        try:
-            coords = [float(bb.findtext(k, "").strip()) for k in ("xmin", "ymin", "xmax", "ymax")]
-        except ValueError as err:
-            raise ValueError(f"path: {str(path)!r} has a non-numeric box corner") from err
-        boxes.append(Box(uid, *coords))
+    boxes, bad = _parse_annotations(path)
+    for why in bad:
+        warnings.warn(f"{str(path)!r}: box left out, {why}", stacklevel=2)
     return boxes
 
 
-def _find_annotation_folders(root: Path) -> dict[str, Path]:
+def _walk(root: Path, summary: ScanSummary | None = None):
+    """``os.walk`` that follows symlinked folders, each real folder once (no loops)."""
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(err: OSError) -> None:
+        if summary is not None:
+            warnings.warn(f"cannot list {err.filename!r}: {err.strerror}", stacklevel=4)
+            summary.skipped.append((str(err.filename), f"unlistable folder: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a link back up the tree, or a second link to one folder
+            if summary is not None:
+                summary.skipped.append((dirpath, "folder already scanned (symlink loop or "
+                                                 "second link to it)"))
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        yield dirpath, dirnames, filenames
+
+
+def _find_annotation_folders(root: Path, summary: ScanSummary) -> dict[str, Path]:
     """Patient folders (``A0001`` or ``Lung_Dx-A0001``) under an annotation root."""
     found = {}
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, dirnames, _ in _walk(root, summary):
         for d in dirnames:
             pid = normalize_patient_id(d)
             if pid is not None:
@@ -224,11 +290,31 @@ def _find_annotation_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def _dicom_folders(root: Path):
-    for dirpath, _, filenames in os.walk(root):
+def _dicom_folders(root: Path, summary: ScanSummary, patient_folders: dict[str, list[Path]]):
+    for dirpath, _, filenames in _walk(root, summary):
+        pid = normalize_patient_id(Path(dirpath).name)
+        if pid is not None:
+            patient_folders[pid].append(Path(dirpath))
         files = sorted(f for f in filenames if f.lower().endswith(".dcm"))
         if files:
             yield Path(dirpath), [str(Path(dirpath) / f) for f in files]
+
+
+def _header(path: str, summary: ScanSummary) -> dict | None:
+    """The header of one file, or ``None`` (reported) when it is unreadable or lacks UIDs."""
+    try:
+        h = read_header(path)
+    except Exception as err:  # corrupt files and values pydicom cannot convert raise many types
+        warnings.warn(f"skipping unreadable DICOM file {path!r}: {err}", stacklevel=3)
+        summary.skipped.append((path, f"unreadable DICOM: {type(err).__name__}"))
+        return None
+    for key, name in (("sop_class_uid", "SOPClassUID"), ("sop_instance_uid", "SOPInstanceUID"),
+                      ("series_instance_uid", "SeriesInstanceUID")):
+        if not h[key]:
+            warnings.warn(f"skipping DICOM file {path!r}: no {name}", stacklevel=3)
+            summary.skipped.append((path, f"missing UID: no {name}"))
+            return None
+    return h
 
 
 def _patient_id_from_path(folder: Path, root: Path) -> str | None:
@@ -260,7 +346,11 @@ def scan_tcia(
     folders are read, only the first readable file of other folders. When a patient has
     several CT series, the one with the most annotated slices wins, then the one with
     the most slices. Boxes come from ``<annotations>/**/<ID>/<SOPInstanceUID>.xml``;
-    the label comes from the patient ID letter.
+    the label comes from the patient ID letter. Symlinked folders are followed, each
+    real folder once (a link loop is reported, not followed). Nothing is dropped
+    silently: unreadable files, files without UIDs, bad annotation files and boxes,
+    and every patient folder that yields no patient are listed in the summary (with a
+    warning); one bad entry never stops the scan.
 
     Args:
         root: the download folder (holding ``Lung-PET-CT-Dx/`` or the patient folders).
@@ -288,7 +378,8 @@ def scan_tcia(
         if not annotations.is_dir():
             raise ValueError(f"annotations: {str(annotations)!r} is not a directory")
     summary = ScanSummary()
-    folders = list(_dicom_folders(root))
+    patient_folders: dict[str, list[Path]] = defaultdict(list)
+    folders = list(_dicom_folders(root, summary, patient_folders))
     if not folders:
         raise ValueError(
             f"root: {str(root)!r} is not a TCIA download: no *.dcm file anywhere below it "
@@ -307,14 +398,10 @@ def scan_tcia(
         summary.files += len(files)
         first, first_i = None, 0
         for i, path in enumerate(files):
-            try:
-                first = read_header(path)
-            except Exception as err:
-                warnings.warn(f"skipping unreadable DICOM file {path!r}: {err}", stacklevel=2)
-                summary.skipped.append((path, f"unreadable DICOM: {type(err).__name__}"))
-                continue
-            first_i = i
-            break
+            first = _header(path, summary)
+            if first is not None:
+                first_i = i
+                break
         if first is None:
             continue
         pid = normalize_patient_id(first["patient_id"]) or _patient_id_from_path(folder, root)
@@ -334,24 +421,31 @@ def scan_tcia(
             continue
         ct_series[pid][first["series_instance_uid"]].append((first, files[first_i]))
         for path in files[first_i + 1:]:
-            try:
-                h = read_header(path)
-            except Exception as err:
-                warnings.warn(f"skipping unreadable DICOM file {path!r}: {err}", stacklevel=2)
-                summary.skipped.append((path, f"unreadable DICOM: {type(err).__name__}"))
+            h = _header(path, summary)
+            if h is None:
                 continue
             if h["sop_class_uid"] != CT_IMAGE_STORAGE:
                 summary.skipped.append((path, f"file of SOP class {h['sop_class_uid']} in a CT series"))
                 continue
             ct_series[pid][h["series_instance_uid"]].append((h, path))
 
+    for pid, dirs in sorted(patient_folders.items()):
+        if pid in ct_series:
+            continue
+        why = ("DICOM files but no CT Image Storage series" if pid in seen_patients
+               else "no readable DICOM file")
+        for d in dirs:
+            has_dcm = any(f.lower().endswith(".dcm") for _, _, fs in _walk(d) for f in fs)
+            reason = why if has_dcm else "no *.dcm file"
+            warnings.warn(f"patient folder {str(d)!r} yields no patient: {reason}", stacklevel=2)
+            summary.empty_patient_folders.append((str(d), reason))
     if not ct_series:
         raise ValueError(
             f"root: {str(root)!r} holds {summary.files} DICOM file(s) but no CT Image Storage "
             f"series ({dict(summary.series)}); is this a Lung-PET-CT-Dx download?"
         )
 
-    ann_folders = _find_annotation_folders(annotations) if annotations is not None else {}
+    ann_folders = _find_annotation_folders(annotations, summary) if annotations is not None else {}
     patients: dict[str, PatientRecord] = {}
     for pid in sorted(seen_patients):
         if pid not in ct_series:
@@ -361,21 +455,32 @@ def scan_tcia(
         n_xml = 0
         folder = ann_folders.get(pid)
         if folder is not None:
-            xmls = sorted(folder.glob("*.xml"))
+            try:
+                xmls = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".xml")
+            except OSError as err:
+                warnings.warn(f"cannot list annotation folder {str(folder)!r}: {err}", stacklevel=2)
+                summary.skipped.append((str(folder), f"unlistable folder: {err}"))
+                xmls = []
             n_xml = len(xmls)
             summary.annotation_files += n_xml
             if not xmls:
                 summary.empty_annotation_folders.append(pid)
             for xml in xmls:
                 try:
-                    for box in read_annotations(xml):
-                        if box.area <= 0:
-                            summary.zero_area_boxes += 1
-                            continue
-                        boxes_by_uid[box.sop_instance_uid].append(box)
+                    found, bad = _parse_annotations(xml)
                 except ValueError as err:
-                    warnings.warn(str(err), stacklevel=2)
+                    warnings.warn(f"skipping annotation: {err}", stacklevel=2)
                     summary.skipped.append((str(xml), f"bad annotation: {err}"))
+                    continue
+                for why in bad:
+                    warnings.warn(f"{str(xml)!r}: box left out, {why}", stacklevel=2)
+                    summary.skipped.append((str(xml), f"bad box: {why}"))
+                    summary.bad_boxes += 1
+                for box in found:
+                    if box.area <= 0:
+                        summary.zero_area_boxes += 1
+                        continue
+                    boxes_by_uid[box.sop_instance_uid].append(box)
 
         series_uid, members = max(ct_series[pid].items(),
                                   key=functools.partial(_series_rank, boxes_by_uid))

@@ -250,3 +250,10 @@ def test_prepare_report_names_every_dropped_slice(phantom, tmp_path):
     for pid, f, _ in dropped:
         assert f"{pid}: {f}" in data.report
     assert "slice file(s) left out" in data.report
+
+
+def test_prepare_index_lists_what_the_scan_left_out(quirky_phantom, tmp_path):
+    data = _prepare(quirky_phantom, tmp_path)
+    skipped = data.info["scan_skipped"]
+    assert [why for _, why in skipped if why.startswith("unreadable")] == ["unreadable DICOM: InvalidDicomError"]
+    assert data.info["patients_without_ct"] == [] and data.info["empty_patient_folders"] == []

@@ -114,3 +114,91 @@ def test_annotation_parsing_and_bad_xml(tmp_path):
     bad.write_text("<annotation><object>")
     with pytest.raises(ValueError, match="not valid XML"):
         read_annotations(bad)
+
+
+def _linked_tree(phantom, tmp_path):
+    """A download whose patient folders are all symlinks, one of them holding a link loop."""
+    root = tmp_path / "linked"
+    (root / COLLECTION).mkdir(parents=True)
+    for pdir in sorted((phantom.data_dir / COLLECTION).iterdir()):
+        (root / COLLECTION / pdir.name).symlink_to(pdir, target_is_directory=True)
+    return root
+
+
+def test_symlinked_patient_folders_are_followed_and_loops_guarded(phantom, tmp_path):
+    root = _linked_tree(phantom, tmp_path)
+    loop_home = tmp_path / "loop_home" / "Lung_Dx-A0999"
+    loop_home.mkdir(parents=True)
+    (loop_home / "again").symlink_to(loop_home, target_is_directory=True)
+    (root / COLLECTION / "Lung_Dx-A0999").symlink_to(loop_home, target_is_directory=True)
+    with pytest.warns(UserWarning, match="Lung_Dx-A0999.*yields no patient: no \\*.dcm file"):
+        patients, summary = scan_tcia(root, phantom.annotations)
+    assert sorted(patients) == sorted(phantom.labels)
+    assert any("symlink loop" in why for _, why in summary.skipped)
+    assert summary.empty_patient_folders == [(str(root / COLLECTION / "Lung_Dx-A0999"), "no *.dcm file")]
+    assert "Lung_Dx-A0999: no *.dcm file" in summary.report()
+
+
+def test_patient_folder_without_ct_or_readable_files_is_reported(phantom, tmp_path):
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(phantom.data_dir / COLLECTION, root / COLLECTION, symlinks=True)
+    junk = root / COLLECTION / "Lung_Dx-G0998" / "study" / "series"
+    junk.mkdir(parents=True)
+    (junk / "1-01.dcm").write_bytes(b"not dicom")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patients, summary = scan_tcia(root)
+    assert "G0998" not in patients and len(patients) == len(phantom.labels)
+    assert summary.empty_patient_folders == [(str(root / COLLECTION / "Lung_Dx-G0998"),
+                                              "no readable DICOM file")]
+    assert any("Lung_Dx-G0998" in str(w.message) for w in caught)
+
+
+def _bad_annotations(phantom, tmp_path):
+    import shutil
+
+    ann = tmp_path / "ann"
+    shutil.copytree(phantom.annotations, ann)
+    folder = next(p for p in ann.rglob("*") if p.is_dir() and list(p.glob("*.xml")))
+    good = sorted(folder.glob("*.xml"))
+    (folder / "1.2.3.dir.xml").mkdir()  # a folder named like an annotation
+    (folder / "1.2.3.enc.xml").write_text('<?xml version="1.0" encoding="no-such-codec"?><annotation/>')
+    (folder / "loop").symlink_to(ann, target_is_directory=True)
+    text = good[0].read_text()
+    # inf, an overflowing 1e400 and an absurd 1e30 corner: each box left out, the file's good box kept.
+    extra = "".join(f"<object><bndbox><xmin>{v}</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>"
+                    "</bndbox></object>" for v in ("inf", "1e400", "1e30", "", "-nan"))
+    good[0].write_text(text.replace("</annotation>", extra + "</annotation>"))
+    return ann, folder, good[0]
+
+
+def test_bad_annotation_entries_are_reported_and_never_stop_the_scan(phantom, tmp_path):
+    ann, folder, spoiled = _bad_annotations(phantom, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patients, summary = scan_tcia(phantom.data_dir, ann)
+    ref, _ = _scan(phantom)
+    assert sorted(patients) == sorted(ref)
+    assert {pid: r.boxes for pid, r in patients.items()} == {pid: r.boxes for pid, r in ref.items()}
+    reasons = {p: why for p, why in summary.skipped if p.startswith(str(folder))}
+    assert "IsADirectoryError" in reasons[str(folder / "1.2.3.dir.xml")]
+    assert "LookupError" in reasons[str(folder / "1.2.3.enc.xml")]
+    assert summary.bad_boxes == 5 and summary.skip_reasons["bad box"] == 5
+    assert all(np.isfinite([b.xmin, b.ymin, b.xmax, b.ymax]).all() and b.area < 1e6
+               for r in patients.values() for b in r.boxes)
+    assert any(str(spoiled) in str(w.message) and "not finite" in str(w.message) for w in caught)
+
+
+def test_read_annotations_leaves_out_non_finite_boxes_with_a_warning(tmp_path):
+    xml = tmp_path / "1.2.3.xml"
+    xml.write_text("<annotation><object><bndbox><xmin>inf</xmin><ymin>1</ymin><xmax>1e400</xmax>"
+                   "<ymax>5</ymax></bndbox></object><object><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                   "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    with pytest.warns(UserWarning, match="1.2.3.xml.*object 0.*not finite"):
+        boxes = read_annotations(xml)
+    assert [(b.xmin, b.xmax) for b in boxes] == [(1.0, 5.0)]
+    (tmp_path / "dir.xml").mkdir()
+    with pytest.raises(ValueError, match="dir.xml.*cannot be read"):
+        read_annotations(tmp_path / "dir.xml")
