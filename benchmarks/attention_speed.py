@@ -9,15 +9,26 @@ reports medians and ratios against naive eager and against ``torch.compile``.
     python benchmarks/attention_speed.py --quick         # tiny shapes (CI smoke run)
     python benchmarks/attention_speed.py --json out.json --backends naive,torch
 
+Every ratio is computed per round (round i of the baseline against round i of the
+variant, timed back to back) and reported as the median with its interquartile
+range; a warning is printed when that range exceeds 10% of the median. The header
+names the CPU model, its vector ISA and the kernels torch dispatches to.
+
+Peak memory of one training step (fwd+bwd) per variant: on CUDA the allocator's
+peak above what was live before; on CPU the growth of the resident set of a fresh
+child process (one per shape) whose freed memory goes straight back to the system
+(glibc's mmap threshold fixed at 64 KiB), measured after one warm-up step.
+
 On CUDA it times with CUDA events after warm-up (``triton.testing.do_bench`` when
-Triton is present), reports peak memory of one training step, and adds the larger
-GPU shape and bfloat16.
+Triton is present) and adds the larger GPU shape and bfloat16.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -27,7 +38,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import peak_memory_mib, versions, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    TRACKING_MALLOC_ENV,
+    describe_cpu,
+    peak_memory_mib,
+    peak_rss_mib,
+    ratio_stats,
+    spread_warning,
+    summarize,
+    versions,
+    write_json,
+)
 from benchmarks.naive import NaiveMultiScaleConvAttention3d  # noqa: E402
 from mmscale import MultiScaleConvAttention3d  # noqa: E402
 
@@ -91,8 +112,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(steps: dict, rounds: int, device: torch.device) -> dict[str, float]:
-    """Median milliseconds per variant, running the variants in turn each round."""
+def time_interleaved(steps: dict, rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """Milliseconds per round for each variant, running the variants in turn each round."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -101,10 +122,11 @@ def time_interleaved(steps: dict, rounds: int, device: torch.device) -> dict[str
             step()
             sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
-def time_cuda(steps: dict) -> dict[str, float]:
+def time_cuda(steps: dict) -> dict[str, list[float]]:
+    """Milliseconds per variant on CUDA: ``do_bench``'s median (one value), else 20 timed rounds."""
     try:
         from triton.testing import do_bench
     except Exception:
@@ -112,10 +134,50 @@ def time_cuda(steps: dict) -> dict[str, float]:
     out = {}
     for name, step in steps.items():
         if do_bench is not None:
-            out[name] = float(do_bench(step, warmup=25, rep=100))
+            out[name] = [float(do_bench(step, warmup=25, rep=100))]
         else:
             out[name] = time_interleaved({name: step}, 20, torch.device("cuda"))[name]
     return out
+
+
+def cpu_peak_memory(shape: tuple[int, ...], dtype: torch.dtype, backends: list[str]) -> dict[str, float | None]:
+    """Peak memory (MiB) of one training step per variant, measured in a fresh child process.
+
+    See :func:`benchmarks._common.peak_rss_mib` for what is counted. Returns None per
+    variant when the child fails (its error is printed).
+    """
+    request = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "backends": backends,
+               "threads": torch.get_num_threads()}
+    root = str(Path(__file__).resolve().parents[1])
+    code = f"import sys; sys.path.insert(0, {root!r}); from benchmarks.attention_speed import memory_child; memory_child()"
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(request), capture_output=True, text=True,
+                          env={**os.environ, **TRACKING_MALLOC_ENV}, cwd=root)
+    if proc.returncode != 0:
+        print(f"WARNING: peak-memory child failed (exit {proc.returncode}); no memory figures for this shape:\n"
+              + proc.stderr[-2000:], flush=True)
+        return dict.fromkeys(backends)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_child() -> None:
+    """Child side of :func:`cpu_peak_memory`: reads the request on stdin, prints one JSON line."""
+    request = json.loads(sys.stdin.read())
+    torch.set_num_threads(request["threads"])
+    shape, dtype = tuple(request["shape"]), getattr(torch, request["dtype"])
+    variants = build_variants(shape[1], request["backends"], torch.device("cpu"), dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    grad = torch.randn(shape, generator=gen).to(dtype)
+    out = {}
+    for name, module in variants.items():
+        module.train(True)
+        step = make_step(module, x, grad, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            step()  # warm-up (and compilation), so only the step itself is counted
+            out[name] = peak_rss_mib(step)
+        module.zero_grad(set_to_none=True)
+    print(json.dumps(out), flush=True)
 
 
 def check_agreement(variants: dict, x: torch.Tensor) -> float:
@@ -128,6 +190,27 @@ def check_agreement(variants: dict, x: torch.Tensor) -> float:
     ref = outs.get("naive", next(iter(outs.values())))
     scale = ref.abs().max().item() or 1.0
     return max((o - ref).abs().max().item() / scale for o in outs.values())
+
+
+def summarize_row(times: dict[str, list[float]]) -> dict:
+    """Median and spread of each variant's time and of its ratios against naive and compile."""
+    row = {"ms": {n: summarize(ts)["median"] for n, ts in times.items()},
+           "ms_iqr": {n: summarize(ts)["iqr"] for n, ts in times.items()}}
+    warnings_out = []
+    for base in ("naive", "compile"):
+        ratios, spreads = {}, {}
+        if base in times:
+            for name, ts in times.items():
+                stats = ratio_stats(times[base], ts)
+                ratios[name], spreads[name] = stats["median"], [stats["q1"], stats["q3"]]
+                if name != base:
+                    msg = spread_warning(f"{name} vs {base}", stats)
+                    if msg:
+                        warnings_out.append(msg)
+        row[f"speedup_vs_{base}"] = ratios
+        row[f"speedup_vs_{base}_iqr"] = spreads
+    row["warnings"] = warnings_out
+    return row
 
 
 def run(args) -> dict:
@@ -147,6 +230,7 @@ def run(args) -> dict:
     info = versions(device)
     print(f"mmscale {info['mmscale']}  torch {info['torch']}  triton {info['triton']}  "
           f"device {info['device']}  threads {info['threads']}")
+    print(describe_cpu(info["cpu"]), flush=True)
     results = []
     report = {"versions": info, "device": str(device), "rounds": rounds, "results": results}
     for shape in shapes:
@@ -165,18 +249,23 @@ def run(args) -> dict:
                 for step in steps.values():  # warm-up (and compilation)
                     step()
                 if device.type == "cuda":
-                    ms = time_cuda(steps)
+                    times = time_cuda(steps)
                 else:
-                    ms = time_interleaved(steps, rounds, device)
-                mem = {n: peak_memory_mib(s, device) for n, s in steps.items()} if train else {}
+                    times = time_interleaved(steps, rounds, device)
+                mem: dict = {}
+                if train and device.type == "cuda":
+                    mem = {n: peak_memory_mib(s, device) for n, s in steps.items()}
+                elif train and not args.no_memory:
+                    mem = cpu_peak_memory(shape, dtype, list(variants))
                 row = {
                     "shape": list(shape),
                     "dtype": str(dtype).replace("torch.", ""),
                     "pass": "fwd+bwd" if train else "fwd",
-                    "ms": ms,
-                    "speedup_vs_naive": {n: ms["naive"] / v for n, v in ms.items()} if "naive" in ms else {},
-                    "speedup_vs_compile": {n: ms["compile"] / v for n, v in ms.items()} if "compile" in ms else {},
+                    **summarize_row(times),
+                    "ms_all": times,
                     "peak_mem_mb": mem,
+                    "peak_mem_method": ("cuda allocator peak" if device.type == "cuda"
+                                        else "child-process resident-set growth") if mem else None,
                     "max_rel_diff": err,
                 }
                 results.append(row)
@@ -196,16 +285,21 @@ def print_row(row: dict) -> None:
     shape = "x".join(map(str, row["shape"]))
     parts = []
     for name, ms in row["ms"].items():
-        ratio = row["speedup_vs_naive"].get(name)
         part = f"{name} {ms:9.2f} ms"
-        if ratio is not None and name != "naive":
-            part += f" ({ratio:4.2f}x naive"
+        if name != "naive" and name in row["speedup_vs_naive"]:
+            q1, q3 = row["speedup_vs_naive_iqr"][name]
+            part += f" ({row['speedup_vs_naive'][name]:4.2f}x naive [IQR {q1:.2f}-{q3:.2f}]"
             if row["speedup_vs_compile"] and name != "compile":
-                part += f", {row['speedup_vs_compile'][name]:4.2f}x compile"
+                q1, q3 = row["speedup_vs_compile_iqr"][name]
+                part += f", {row['speedup_vs_compile'][name]:4.2f}x compile [IQR {q1:.2f}-{q3:.2f}]"
             part += ")"
+        if row["peak_mem_mb"].get(name) is not None:
+            part += f" peak {row['peak_mem_mb'][name]:.1f} MiB"
         parts.append(part)
     print(f"{shape:>18} {row['dtype']:>8} {row['pass']:>7} | " + " | ".join(parts)
           + f" | max rel diff {row['max_rel_diff']:.1e}", flush=True)
+    for msg in row["warnings"]:
+        print("  " + msg, flush=True)
 
 
 def main(argv=None) -> int:
@@ -219,6 +313,8 @@ def main(argv=None) -> int:
                         help="comma list of dtypes (default: float32, plus bfloat16 on CUDA)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file (after every row)")
     parser.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the CPU peak-memory measurement (a child process per shape)")
     args = parser.parse_args(argv)
     report = run(args)
     if args.json:
