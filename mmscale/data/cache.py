@@ -289,7 +289,8 @@ def prepare(
         lines.append(f"{len(clinical_only)} clinical row(s) without imaging (not used): "
                      + ", ".join(clinical_only[:10]))
     if table is not None and table.issues:
-        lines.append(f"{len(table.issues)} clinical issue(s): " + "; ".join(table.issues[:5]))
+        lines.append(f"{len(table.issues)} clinical issue(s):")
+        lines += [f"  {issue}" for issue in table.issues]
     report = "\n".join(lines)
     if (failed or no_row or (table is not None and table.issues)
             or any(e["dropped_slices"] or e["dropped_boxes"] for e in entries)):

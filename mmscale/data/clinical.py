@@ -9,6 +9,7 @@ full-width letter to ``M``; values are kept as clean strings (categorical) or fl
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -83,13 +84,60 @@ def _clean_category(value: Any) -> str | None:
     return text
 
 
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_MISSING_TEXT = {"", "na", "n/a", "none"}  # written-out "missing"; "nan"/"inf" are reported
+
+
+def _parse_number(value: Any) -> tuple[float, str | None]:
+    """``(number, None)``, ``(nan, None)`` when missing, or ``(nan, why)`` when unusable.
+
+    Only plain decimal numbers are numbers: ``"57 years"``, ``"63,5"``, ``"1_000"``,
+    booleans and anything non-finite (``inf``, ``nan`` text, ``1e400``) are not.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return float("nan"), None  # an empty cell
+    if isinstance(value, (bool, np.bool_)):
+        return float("nan"), f"{value!r} is not a number"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        x = float(value)
+    else:
+        text = unicodedata.normalize("NFKC", str(value)).strip()
+        if text.lower() in _MISSING_TEXT:
+            return float("nan"), None
+        if text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+            return float("nan"), f"{str(value)!r} is not a finite number"
+        if not _NUMBER_RE.fullmatch(text):
+            return float("nan"), f"{str(value)!r} is not a number"
+        x = float(text)
+    if not math.isfinite(x):
+        return float("nan"), f"{str(value)!r} is not a finite number"
+    return x, None
+
+
 def _clean_number(value: Any) -> float:
-    if _is_missing(value):
-        return float("nan")
-    try:
-        return float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+    """The number, or NaN when missing or unusable (see :func:`_parse_number`)."""
+    return _parse_number(value)[0]
+
+
+def _numbers(values: Sequence[Any], column: str, where: str) -> np.ndarray:
+    """float64 numbers of one column; unusable values become NaN, with one warning."""
+    parsed = [_parse_number(v) for v in values]
+    bad = [f"row {i}: {why}" for i, (_, why) in enumerate(parsed) if why is not None]
+    if bad:
+        warnings.warn(f"{where}: column {column!r}: {len(bad)} unusable value(s) treated as missing ("
+                      + "; ".join(bad[:5]) + ")", stacklevel=3)
+    return np.array([x for x, _ in parsed], dtype=np.float64)
+
+
+def _mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and std of finite ``x``, scaled first so that huge values cannot overflow."""
+    if x.size == 0:
+        return 0.0, 1.0
+    scale = float(np.abs(x).max()) or 1.0
+    y = x / scale
+    mean = float(y.mean()) * scale
+    std = float(y.std()) * scale if x.size > 1 else 1.0
+    return mean, (std if std > 1e-8 * max(1.0, abs(mean)) else 1.0)
 
 
 @dataclass
@@ -188,8 +236,12 @@ class TableSchema:
         Returns:
             A new fitted schema (``self`` is unchanged).
 
+        Numbers that are unparseable or not finite are left out of the statistics
+        with a warning naming the column; mean and std are always finite.
+
         Raises:
-            ValueError: a column is missing from ``rows`` or ``rows`` is empty.
+            ValueError: a column is missing from ``rows``, ``rows`` is empty, or a
+                column's values are too large for a finite mean/std.
         """
         rows = rows if hasattr(rows, "columns") else list(rows)
         if len(rows) == 0:
@@ -201,11 +253,13 @@ class TableSchema:
                 vocab = sorted({v for v in map(_clean_category, values) if v is not None})
                 out.append(ColumnSpec(c.name, c.kind, vocabulary=vocab))
             else:
-                x = np.array([_clean_number(v) for v in values], dtype=np.float64)
+                x = _numbers(values, c.name, "rows")
                 x = x[~np.isnan(x)]
-                mean = float(x.mean()) if x.size else 0.0
-                std = float(x.std()) if x.size > 1 else 1.0
-                out.append(ColumnSpec(c.name, c.kind, mean=mean, std=std if std > 1e-8 else 1.0))
+                mean, std = _mean_std(x)
+                if not (math.isfinite(mean) and math.isfinite(std)):
+                    raise ValueError(f"rows: column {c.name!r} gives a non-finite mean/std "
+                                     f"({mean}, {std}); its values are out of range")
+                out.append(ColumnSpec(c.name, c.kind, mean=mean, std=std))
         schema = TableSchema(out)
         schema.fitted = True
         return schema
@@ -219,6 +273,8 @@ class TableSchema:
         Returns:
             ``(numerical, categorical)``: float32 ``[N, n_num]`` normalised with NaN for
             missing, and int64 ``[N, n_cat]`` codes with -1 for missing or unknown values.
+            Unparseable, non-finite or (once normalised) out-of-float32-range numbers are
+            missing, with a warning naming the column; no value is ever infinite.
 
         Raises:
             ValueError: the schema is not fitted, or a column is missing from ``rows``.
@@ -233,8 +289,17 @@ class TableSchema:
         for c in self.columns:
             values = self._values(rows, c.name)
             if c.kind == "numerical":
-                x = np.array([_clean_number(v) for v in values], dtype=np.float64)
-                num[:, i_num] = ((x - c.mean) / c.std).astype(np.float32)
+                x = _numbers(values, c.name, "rows")
+                with np.errstate(over="ignore", invalid="ignore"):
+                    z = ((x - c.mean) / c.std).astype(np.float32)
+                huge = np.isnan(z) & ~np.isnan(x)
+                huge |= np.isinf(z)
+                if huge.any():
+                    warnings.warn(f"rows: column {c.name!r}: {int(huge.sum())} value(s) beyond the "
+                                  f"float32 range once normalised (e.g. {float(x[huge][0])!r}); "
+                                  "treated as missing", stacklevel=2)
+                    z[huge] = np.nan
+                num[:, i_num] = z
                 i_num += 1
             else:
                 index = {v: k for k, v in enumerate(c.vocabulary)}
@@ -258,13 +323,23 @@ class TableSchema:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: ``data`` lacks ``"columns"``.
+            ValueError: ``data`` lacks a ``"columns"`` list, a column entry is malformed,
+                or a numerical column's mean/std is not finite (std not positive).
         """
-        if "columns" not in data:
+        if not isinstance(data, Mapping) or not isinstance(data.get("columns"), list):
             raise ValueError("data: expected a dict with a 'columns' list (from to_dict())")
-        schema = cls(ColumnSpec(c["name"], c["kind"], list(c.get("vocabulary", [])),
-                                float(c.get("mean", 0.0)), float(c.get("std", 1.0)))
-                     for c in data["columns"])
+        specs = []
+        for c in data["columns"]:
+            try:
+                spec = ColumnSpec(str(c["name"]), str(c["kind"]), [str(v) for v in c.get("vocabulary", [])],
+                                  float(c.get("mean", 0.0)), float(c.get("std", 1.0)))
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise ValueError(f"data: bad column entry {c!r} ({type(err).__name__}: {err})") from err
+            if not (math.isfinite(spec.mean) and math.isfinite(spec.std) and spec.std > 0):
+                raise ValueError(f"data: column {spec.name!r} has mean {spec.mean} and std {spec.std}; "
+                                 "expected finite values and a positive std")
+            specs.append(spec)
+        schema = cls(specs)
         schema.fitted = bool(data.get("fitted", True))
         return schema
 
@@ -306,23 +381,78 @@ class ClinicalTable:
         return {k: (None if _is_missing(v) else v) for k, v in self.frame.loc[pid].items()}
 
 
+def _is_excel(path: Path) -> bool:
+    return path.suffix.lower() in (".xlsx", ".xlsm", ".xls")
+
+
+def _sheet_names(path: Path) -> list[str]:
+    if not _is_excel(path):
+        return []
+    import pandas as pd
+
+    try:
+        with pd.ExcelFile(path) as book:
+            return [str(n) for n in book.sheet_names]
+    except Exception as err:  # openpyxl/xlrd/zipfile raise many types for a damaged file
+        raise ValueError(f"path: cannot read clinical sheet {str(path)!r} as a spreadsheet "
+                         f"({type(err).__name__}: {err})") from err
+
+
+def _read_sheet(path: Path, sheet: str | int):
+    """The raw sheet, every cell as written; one ``ValueError`` naming the file otherwise."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if _is_excel(path):
+        names = _sheet_names(path)
+        ok = sheet in names if isinstance(sheet, str) else (
+            isinstance(sheet, int) and not isinstance(sheet, bool) and -len(names) <= sheet < len(names))
+        if not ok:
+            raise ValueError(f"sheet: {sheet!r} is not a sheet of {path.name!r}; its sheets: {names}")
+        kind = "a spreadsheet"
+        read = functools.partial(pd.read_excel, path, sheet_name=sheet, dtype=object)
+    elif suffix in (".csv", ".txt"):
+        kind = "UTF-8 CSV"
+        # Only empty cells are missing here: "nan"/"inf" text must reach the checks.
+        read = functools.partial(pd.read_csv, path, dtype=object, keep_default_na=False,
+                                 na_values=[""], encoding="utf-8-sig")
+    else:
+        raise ValueError(f"path: expected an .xlsx or .csv clinical sheet, got {path.name!r}")
+    try:
+        # dtype=object keeps each cell as written (2 and "2b" side by side, " G1").
+        return read()
+    except Exception as err:  # BadZipFile, zlib.error, KeyError, UnicodeDecodeError, ParserError, ...
+        raise ValueError(f"path: cannot read clinical sheet {str(path)!r} as {kind} "
+                         f"({type(err).__name__}: {err})") from err
+
+
 def read_clinical(
     path: str | os.PathLike,
     features: Sequence[tuple[str, str]] = PAPER_FEATURES,
+    *,
+    sheet: str | int = 0,
 ) -> ClinicalTable:
     """Read the clinical sheet (xlsx or csv) into a clean table and an unfitted schema.
 
     Args:
-        path: ``statistics-clinical-20201221.xlsx`` or a csv with the same columns.
+        path: ``statistics-clinical-20201221.xlsx`` or a UTF-8 csv with the same columns.
         features: ``(column, kind)`` pairs to encode; default the paper's 7 features.
+        sheet: the spreadsheet's sheet, by name or position (ignored for csv).
 
     Returns:
         A :class:`ClinicalTable`. Unknown stage strings (not in the documented
-        vocabularies) become missing and are listed in ``issues`` with a warning.
+        vocabularies) and numbers that are unparseable (``"57 years"``, ``"63,5"``) or
+        not finite (``inf``, ``nan`` text) become missing and are listed in ``issues``
+        per patient and column, with a warning.
 
     Raises:
-        ValueError: the file does not exist or has an unsupported suffix, lacks the
-            ``NewPatientID`` column or a requested feature column, or repeats a patient.
+        ValueError: the file does not exist, has an unsupported suffix or cannot be read
+            as what its suffix says (a CSV named ``.xlsx``, a damaged workbook, a CSV
+            that is not UTF-8, an empty file; the message names the file); ``sheet`` is
+            not one of its sheets (the message lists them); it has no data rows, headers
+            that coincide after Unicode normalisation, no ``NewPatientID`` column (the
+            message lists the columns and sheets) or no requested feature column; or it
+            repeats a patient.
 
     Example:
         >>> table = read_clinical("statistics-clinical-20201221.xlsx")  # doctest: +SKIP
@@ -333,22 +463,30 @@ def read_clinical(
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"path: clinical sheet {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    # dtype=object keeps each cell as written (2 and "2b" side by side, " G1").
-    if suffix in (".xlsx", ".xlsm", ".xls"):
-        raw = pd.read_excel(path, dtype=object)
-    elif suffix in (".csv", ".txt"):
-        raw = pd.read_csv(path, dtype=object, keep_default_na=True)
-    else:
-        raise ValueError(f"path: expected an .xlsx or .csv clinical sheet, got {path.name!r}")
-    raw = raw.rename(columns={c: _canonical(c) for c in raw.columns})
+    raw = _read_sheet(path, sheet)
+    where = f"{path.name!r}" + (f" (sheet {sheet!r})" if _is_excel(path) else "")
+    if raw.shape[0] == 0:
+        raise ValueError(f"path: clinical sheet {str(path)!r} has no data rows")
+    canonical = [_canonical(c) for c in raw.columns]
+    clashes = {c: [r for r, k in zip(raw.columns, canonical, strict=True) if k == c]
+               for c in set(canonical) if canonical.count(c) > 1}
+    # pandas renames a repeated CSV header "Age" to "Age.1": that is a repeat too.
+    for r, k in zip(raw.columns, canonical, strict=True):
+        m = re.fullmatch(r"(.*)\.(\d+)", k)
+        if m and m.group(1) in canonical and isinstance(r, str):
+            clashes.setdefault(m.group(1), [m.group(1)]).append(r)
+    if clashes:
+        raise ValueError(f"path: {where} has column headers that are the same after Unicode "
+                         f"normalisation: {sorted(clashes.items())}; rename or remove the repeats")
+    raw = raw.rename(columns=dict(zip(raw.columns, canonical, strict=True)))
     if _ID_COLUMN not in raw.columns:
-        raise ValueError(f"path: {path.name!r} has no {_ID_COLUMN!r} column (columns: "
-                         f"{list(raw.columns)})")
+        sheets = _sheet_names(path)
+        raise ValueError(f"path: {where} has no {_ID_COLUMN!r} column (columns: "
+                         f"{list(raw.columns)})" + (f"; sheets in the file: {sheets}" if sheets else ""))
     schema = TableSchema(features)
     missing = [c.name for c in schema.columns if c.name not in raw.columns]
     if missing:
-        raise ValueError(f"path: {path.name!r} lacks feature column(s) {missing} (columns: "
+        raise ValueError(f"path: {where} lacks feature column(s) {missing} (columns: "
                          f"{list(raw.columns)})")
     issues = []
     ids = []
@@ -368,7 +506,11 @@ def read_clinical(
             continue
         spec = next((c for c in schema.columns if c.name == col), None)
         if spec is not None and spec.kind == "numerical":
-            frame[col] = [_clean_number(v) for v in raw[col]]
+            parsed = [_parse_number(v) for v in raw[col]]
+            for pid, (_, why) in zip(frame.index, parsed, strict=True):
+                if why is not None:
+                    issues.append(f"{pid}: {col} value {why}; treated as missing")
+            frame[col] = [x for x, _ in parsed]
             continue
         values = [_clean_category(v) for v in raw[col]]
         known = _KNOWN_VALUES.get(col)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -116,16 +117,116 @@ def test_schema_errors():
 
 
 values = st.one_of(st.none(), st.integers(0, 4), st.sampled_from(["1a", " 2b", "is", "M", "F", "nan"]),
-                   st.floats(allow_nan=True, allow_infinity=False, width=32))
+                   st.sampled_from(["inf", "-inf", "1e400", "57 years", "63,5", 1e308, -1.7e308]),
+                   st.floats(allow_nan=True, allow_infinity=True))
 
 
 @settings(max_examples=40, deadline=None)
 @given(train=st.lists(st.fixed_dictionaries({n: values for n, _ in PAPER_FEATURES}), min_size=1, max_size=6),
        rows=st.lists(st.fixed_dictionaries({n: values for n, _ in PAPER_FEATURES}), max_size=6))
 def test_encode_invariants(train, rows):
-    schema = TableSchema().fit(train)
-    num, cat = schema.encode(rows)
+    """Whatever the cells (inf, huge, unparseable), statistics are finite and codes in range."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        schema = TableSchema().fit(train)
+        num, cat = schema.encode(rows)
+    assert all(math.isfinite(c.mean) and math.isfinite(c.std) and c.std > 0 for c in schema.columns)
     assert num.shape == (len(rows), 2) and cat.shape == (len(rows), 5)
     assert np.all(np.isnan(num) | np.isfinite(num))
     for j, card in enumerate(schema.cardinalities):
         assert np.all((cat[:, j] >= -1) & (cat[:, j] < card))
+
+
+def _csv(tmp_path, body, name="clinical.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes((HEADER + body).encode(encoding))
+    return path
+
+
+def test_unparseable_and_non_finite_numbers_are_reported_per_patient_and_column(tmp_path):
+    path = _csv(tmp_path, "1,A0001,M,57 years,65,2b,3,1b,G3,1\n"
+                          "2,A0002,F,\"63,5\",inf,2b,1,0,G3,0\n"
+                          "3,A0003,F,nan,1e400,2b,1,0,G3,0\n"
+                          "4,A0004,F,1_000,-Infinity,2b,1,0,G3,0\n"
+                          "5,A0005,F,61.5,,2b,1,0,G3,0\n")
+    with pytest.warns(UserWarning, match="A0001: Age value '57 years' is not a number"):
+        table = read_clinical(path)
+    assert table.issues == [
+        "A0001: Age value '57 years' is not a number; treated as missing",
+        "A0002: Age value '63,5' is not a number; treated as missing",
+        "A0003: Age value 'nan' is not a finite number; treated as missing",
+        "A0004: Age value '1_000' is not a number; treated as missing",
+        "A0002: weight (kg) value 'inf' is not a finite number; treated as missing",
+        "A0003: weight (kg) value '1e400' is not a finite number; treated as missing",
+        "A0004: weight (kg) value '-Infinity' is not a finite number; treated as missing",
+    ]
+    assert table.frame["Age"].tolist()[-1] == 61.5 and table.frame["Age"].isna().sum() == 4
+    assert table.frame["weight (kg)"].isna().sum() == 4  # three bad, one empty (not an issue)
+    schema = table.schema.fit(table.frame)
+    assert all(math.isfinite(c.mean) and math.isfinite(c.std) for c in schema.columns)
+
+
+def test_fit_never_gives_a_non_finite_statistic():
+    rows = [{"Age": v} for v in (float("inf"), 1.7e308, 1.7e308, -1e308, 60.0)]
+    with pytest.warns(UserWarning, match="'Age': 1 unusable value"):
+        schema = TableSchema([("Age", "numerical")]).fit(rows)
+    (col,) = schema.columns
+    assert math.isfinite(col.mean) and math.isfinite(col.std) and col.std > 0
+    with pytest.warns(UserWarning, match="float32 range"):
+        num, _ = TableSchema([("Age", "numerical")]).fit([{"Age": 60}, {"Age": 70}]).encode([{"Age": 1e300}])
+    assert np.isnan(num).all()
+    with pytest.raises(ValueError, match="'Age' has mean inf"):
+        TableSchema.from_dict({"columns": [{"name": "Age", "kind": "numerical", "mean": float("inf")}]})
+    with pytest.raises(ValueError, match="bad column entry"):
+        TableSchema.from_dict({"columns": [{"kind": "numerical"}]})
+
+
+def test_unreadable_sheets_give_one_error_naming_the_file(tmp_path):
+    cases = {
+        "csv_named.xlsx": (HEADER + ROWS).encode(),
+        "empty.csv": b"",
+        "empty.xlsx": b"",
+        "latin1.csv": (HEADER.replace("\uff2d", "M") + ROWS.replace("M,", "\xc9,")).encode("latin-1"),
+        "binary.csv": b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xff\xfe\x00",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"cannot read clinical sheet .*{name}"):
+            read_clinical(tmp_path / name)
+    # A workbook whose compressed sheet is damaged (zlib / BadZipFile inside openpyxl).
+    import pandas as pd
+
+    good = tmp_path / "good.xlsx"
+    pd.DataFrame({"NewPatientID": ["A0001"]}).to_excel(good, index=False)
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 40] = b"\x00" * 40
+    (tmp_path / "damaged.xlsx").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.xlsx"):
+        read_clinical(tmp_path / "damaged.xlsx")
+    header_only = _csv(tmp_path, "", name="header_only.csv")
+    with pytest.raises(ValueError, match="header_only.csv.*no data rows"):
+        read_clinical(header_only)
+
+
+def test_wrong_sheet_lists_the_sheets(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "book.xlsx"
+    with pd.ExcelWriter(path) as w:
+        pd.DataFrame({"note": ["see next sheet"]}).to_excel(w, sheet_name="notes", index=False)
+        pd.read_csv(io.StringIO(HEADER + ROWS), dtype=object).to_excel(w, sheet_name="clinical", index=False)
+    with pytest.raises(ValueError, match=r"no 'NewPatientID' column.*sheets in the file: \['notes', 'clinical'\]"):
+        read_clinical(path)
+    with pytest.raises(ValueError, match=r"sheet: 'clin' is not a sheet of 'book.xlsx'; its sheets: \['notes', 'clinical'\]"):
+        read_clinical(path, sheet="clin")
+    assert list(read_clinical(path, sheet="clinical").frame.index) == ["A0001", "A0002", "G0001"]
+
+
+def test_headers_colliding_after_unicode_normalisation_are_an_error(tmp_path):
+    path = tmp_path / "clash.csv"
+    path.write_text(HEADER.rstrip("\n") + ",\uff2eewPatientID\n" + ROWS.replace("\n", ",X\n"), encoding="utf-8")
+    with pytest.raises(ValueError, match="same after Unicode normalisation.*NewPatientID"):
+        read_clinical(path)
+    path.write_text(HEADER.rstrip("\n") + ",Age\n" + ROWS.replace("\n", ",1\n"), encoding="utf-8")
+    with pytest.raises(ValueError, match="same after Unicode normalisation.*Age"):
+        read_clinical(path)
