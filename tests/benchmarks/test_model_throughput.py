@@ -1,0 +1,46 @@
+"""model_throughput's plain reference composition: same weights, same function, plain modules."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.model_throughput import image_path, plain_reference
+from benchmarks.naive import NaiveMultiScaleConvAttention3d, NaiveUpConv3d
+from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d
+
+
+def _count(model, cls):
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+def test_plain_reference_swaps_every_fast_layer_and_leaves_the_model_alone():
+    model = MMCAFNet.from_preset("tiny").eval()
+    n_msca, n_up = _count(model, MultiScaleConvAttention3d), _count(model, UpConv3d)
+    assert n_msca > 0 and n_up > 0
+    plain = plain_reference(model)
+    assert _count(plain, MultiScaleConvAttention3d) == 0 and _count(plain, UpConv3d) == 0
+    assert _count(plain, NaiveMultiScaleConvAttention3d) == n_msca
+    assert _count(plain, NaiveUpConv3d) == n_up
+    assert _count(model, MultiScaleConvAttention3d) == n_msca  # the original keeps its fast layers
+    assert not plain.training
+
+
+def test_plain_reference_computes_the_same_image_vector():
+    torch.manual_seed(0)
+    model = MMCAFNet.from_preset("tiny")
+    for m in model.modules():  # non-trivial running statistics, so eval-mode folding is exercised
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    plain = plain_reference(model)
+    vol = torch.randn(2, 1, 8, 32, 32)
+    for train in (False, True):
+        model.train(train)
+        plain.train(train)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            a = image_path(model, vol)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            b = image_path(plain, vol)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
