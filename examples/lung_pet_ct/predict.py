@@ -6,7 +6,7 @@ Examples:
         --annotations ~/tcia/Lung-PET-CT-Dx-Annotations-XML-Files-rev12222020 \\
         --clinical ~/tcia/statistics-clinical-20201221.xlsx
     python examples/lung_pet_ct/predict.py --checkpoint best.pt --patient-dir DIR \\
-        --row '{"Sex": "M", "Age": 61, "weight (kg)": 70, "T-Stage": "2a", "N-Stage": 1,
+        --annotations ANNOTATIONS --row '{"Sex": "M", "Age": 61, "weight (kg)": 70, "T-Stage": "2a", "N-Stage": 1,
                 "M-Stage": 0, "Smoking History": 1}'
 """
 

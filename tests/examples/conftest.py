@@ -35,12 +35,24 @@ def small_args(phantom_dir: Path, cache_root: Path, out: Path, *extra: str) -> l
             "--attention-patients", "2", "--model-overrides", json.dumps(SMALL_MODEL), *extra]
 
 
-def run_script(name: str, *args: str, timeout: float = 240, launcher: list[str] | None = None):
-    """Run an example script in a subprocess; fail with its output when it fails."""
+def run_script(name: str, *args: str, timeout: float = 240, launcher: list[str] | None = None,
+               fails: bool = False, preexec_fn=None):
+    """Run an example script in a subprocess; fail with its output when it fails.
+
+    With ``fails=True`` the script must instead end with a non-zero exit code and one
+    ``error: ...`` line on stderr, never a traceback.
+    """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     cmd = (launcher or [sys.executable]) + [str(EXAMPLE / name), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+                          preexec_fn=preexec_fn)
+    if fails:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        if proc.returncode == 0 or "Traceback" in proc.stderr or len(errors) != 1:
+            raise AssertionError(f"{' '.join(cmd)} should fail with one error line "
+                                 f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

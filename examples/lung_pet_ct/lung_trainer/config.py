@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 
 from mmscale.data import CropConfig
 
-__all__ = ["MODALITIES", "PHANTOM_CROP", "PHANTOM_VERSION", "REAL_CROP", "TASKS", "TrainConfig"]
+__all__ = ["MODALITIES", "NONFINITE_POLICIES", "PHANTOM_CROP", "PHANTOM_VERSION", "REAL_CROP",
+           "RESUME_FREE", "RESUME_LOGGED", "TASKS", "TrainConfig", "resume_changes"]
 
 # Class letters of each task, in label order.
 TASKS = {"ag": ("A", "G"), "4class": ("A", "B", "E", "G")}
 # Which inputs the model gets.
 MODALITIES = ("image", "table", "both")
+# What the trainer does with a batch whose input or loss is not finite.
+NONFINITE_POLICIES = ("stop", "skip")
 # Bumped whenever the phantom generator's output changes (a new cache folder).
 PHANTOM_VERSION = 4
 # The phantom's slices are 128 px with lesions of 3-10 px radius: a small window around
@@ -51,6 +55,10 @@ class TrainConfig:
         num_workers: DataLoader workers.
         stop_after: stop (as if killed) after this many epochs in this invocation.
         resume: continue from ``out/fold*/checkpoint.pt``.
+        overwrite: replace the run already in ``out`` (its files are removed first).
+        on_nonfinite: a training batch with a non-finite input or loss: ``"stop"`` the
+            run, or ``"skip"`` it (counted in the log and the history); either way it
+            never reaches the weights or the BatchNorm running statistics.
         attention_patients: how many validation patients get an attention PNG.
         progress: tqdm bars.
     """
@@ -93,6 +101,8 @@ class TrainConfig:
     num_workers: int = 0
     stop_after: int | None = None
     resume: bool = False
+    overwrite: bool = False
+    on_nonfinite: str = "stop"
     attention_patients: int = 4
     progress: bool = True
 
@@ -118,6 +128,14 @@ class TrainConfig:
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite: expected one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides: expected a JSON object (a dict), got "
+                             f"{type(self.model_overrides).__name__}")
+        if self.resume and self.overwrite:
+            raise ValueError("overwrite: --overwrite and --resume contradict each other (replace "
+                             "the run, or continue it)")
         if self.data_dir is None and (self.clinical or self.annotations):
             raise ValueError("data_dir: --clinical/--annotations need --data-dir (the DICOM tree)")
 
@@ -137,3 +155,58 @@ class TrainConfig:
         """Rebuild from :func:`dataclasses.asdict` output (unknown keys ignored)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Fields a resumed run may change freely: how this invocation runs, not what it computes.
+RESUME_FREE = frozenset({"resume", "overwrite", "stop_after", "progress", "num_workers",
+                         "attention_patients", "fold", "out", "on_nonfinite"})
+# Fields a resumed run may change, with a line in the log: where the data is now (a moved
+# download; the patient split is checked separately), and how long training goes on.
+RESUME_LOGGED = frozenset({"data_dir", "clinical", "annotations", "phantom_dir", "cache_root",
+                           "cache_dir", "epochs", "patience"})
+
+
+def resume_changes(saved: dict, cfg: TrainConfig, source: str) -> list[str]:
+    """Compare a checkpoint's saved config with the one given to a resumed run.
+
+    Every field outside :data:`RESUME_FREE` and :data:`RESUME_LOGGED` (learning rate,
+    modality, model, crop geometry, seed, ...) must be unchanged: a resumed run
+    computes exactly what the interrupted one would have.
+
+    Args:
+        saved: the checkpoint's ``train_config``.
+        cfg: the config of the resuming run.
+        source: the checkpoint's path (named in the error).
+
+    Returns:
+        One line per changed :data:`RESUME_LOGGED` field (``"epochs: 2 -> 3"``).
+
+    Raises:
+        ValueError: fields that cannot change did, all listed with both values.
+
+    Example:
+        >>> from dataclasses import asdict
+        >>> resume_changes(asdict(TrainConfig(epochs=2)), TrainConfig(epochs=3), "ckpt.pt")
+        ['epochs: 2 -> 3']
+    """
+    defaults = TrainConfig()
+    refused, logged = [], []
+    for f in fields(TrainConfig):
+        if f.name in RESUME_FREE:
+            continue
+        old = saved.get(f.name, getattr(defaults, f.name))
+        new = getattr(cfg, f.name)
+        if _normal(old) == _normal(new):
+            continue
+        line = f"{f.name}: {old!r} -> {new!r}"
+        (logged if f.name in RESUME_LOGGED else refused).append(line)
+    if refused:
+        raise ValueError(f"resume: {source} was trained with other settings; these cannot change "
+                         f"on --resume (start a new run with another --out, or --overwrite this "
+                         f"one): " + "; ".join(refused))
+    return logged
+
+
+def _normal(value):
+    """Values as JSON would hold them (tuples and lists alike)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from .config import PHANTOM_VERSION, TrainConfig
 from .runtime import Runtime, barrier, log
 
 __all__ = ["Encoded", "Split", "cache_root", "ensure_phantom", "load_data", "make_splits",
-           "table_rows", "task_patients"]
+           "phantom_root", "remove_stale_builds", "table_rows", "task_patients"]
 
 
 def cache_root(cfg: TrainConfig) -> Path:
@@ -32,23 +34,71 @@ def cache_root(cfg: TrainConfig) -> Path:
     return Path(cfg.cache_root or os.environ.get("MMSCALE_CACHE") or "~/.cache/mmscale").expanduser()
 
 
-def ensure_phantom(cfg: TrainConfig, rt: Runtime) -> tuple[str, str, str]:
-    """Build the default phantom once (atomically: a temp folder renamed at the end)."""
-    root = Path(cfg.phantom_dir).expanduser() if cfg.phantom_dir else (
+def phantom_root(cfg: TrainConfig) -> Path:
+    """The phantom's folder: ``phantom_dir``, else one per version, size and seed under the cache root."""
+    return Path(cfg.phantom_dir).expanduser() if cfg.phantom_dir else (
         cache_root(cfg) / "phantom" / f"v{PHANTOM_VERSION}-n{cfg.phantom_patients}-s{cfg.phantom_seed}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_builds(root: Path, rt: Runtime) -> list[Path]:
+    """Remove unfinished phantom builds next to ``root`` whose builder process is gone.
+
+    A build writes into ``<root>.tmp<pid>-<random>`` and renames it to ``root`` when
+    complete; a build killed (``SIGKILL``, power loss) leaves that folder behind, and
+    the next run removes it here. Builds of live processes are left alone.
+
+    Returns:
+        The folders removed (each one is also logged).
+    """
+    removed = []
+    for tmp in sorted(root.parent.glob(f"{root.name}.tmp*")):
+        pid = tmp.name[len(root.name) + 4:].split("-")[0]
+        if not tmp.is_dir() or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(rt, f"removed {tmp}: an unfinished phantom build left by a killed run (pid {pid})")
+        removed.append(tmp)
+    return removed
+
+
+def ensure_phantom(cfg: TrainConfig, rt: Runtime) -> tuple[str, str, str]:
+    """Build the default phantom once (atomically: a temp folder renamed at the end).
+
+    Raises:
+        OSError: the build could not be written (its temp folder is removed).
+    """
+    root = phantom_root(cfg)
     done = root / ".complete"
+    if rt.main:
+        remove_stale_builds(root, rt)
     if rt.main and not done.is_file():
         log(rt, f"building the phantom ({cfg.phantom_patients} patients) in {root} ...")
-        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-        t0 = time.time()
-        make_phantom(tmp, n_patients=cfg.phantom_patients, seed=cfg.phantom_seed)
-        (tmp / ".complete").write_text("ok\n")
-        if root.exists():  # a stale incomplete folder from a killed run
-            import shutil
-
-            shutil.rmtree(root)
         root.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, root)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{root.name}.tmp{os.getpid()}-", dir=root.parent))
+        t0 = time.time()
+        try:
+            make_phantom(tmp, n_patients=cfg.phantom_patients, seed=cfg.phantom_seed)
+            (tmp / ".complete").write_text("ok\n")
+            if done.is_file():  # another run finished the same phantom meanwhile
+                shutil.rmtree(tmp)
+            else:
+                if root.exists():  # an incomplete folder (not written by this trainer)
+                    log(rt, f"replacing {root}: it has no .complete marker")
+                    shutil.rmtree(root)
+                os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         log(rt, f"phantom ready in {time.time() - t0:.0f} s")
     barrier(rt)
     from mmscale.data.phantom import ANNOTATION_ARCHIVE, CLINICAL_NAME

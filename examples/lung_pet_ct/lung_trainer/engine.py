@@ -20,18 +20,27 @@ from mmscale.data import (
     LesionDataset,
     PreparedData,
     TableSchema,
-    atomic_write_bytes,
 )
 from mmscale.models import MMCAFNet
 
-from .config import TrainConfig
-from .data import Encoded, Split, load_data, make_splits, table_rows, task_patients
+from .config import TrainConfig, resume_changes
+from .data import (
+    Encoded,
+    Split,
+    cache_root,
+    load_data,
+    make_splits,
+    phantom_root,
+    table_rows,
+    task_patients,
+)
 from .metrics import METRIC_KEYS, compute_metrics, format_metrics
 from .reporting import plot_attention, write_report
+from .rundir import RunError, RunLock, check_writable, claim_run_folder, write_output
 from .runtime import Runtime, barrier, log, setup_runtime
 
-__all__ = ["build_model", "forward", "lr_lambda", "modality_dropout", "predict_probs", "rng_state",
-           "run", "save_checkpoint", "set_rng_state", "train_fold"]
+__all__ = ["build_model", "forward", "load_checkpoint", "lr_lambda", "modality_dropout", "nonfinite_input",
+           "predict_probs", "rng_state", "run", "save_checkpoint", "set_rng_state", "train_fold"]
 
 
 def forward(model: torch.nn.Module, batch: dict, modality: str, device: torch.device) -> torch.Tensor:
@@ -88,11 +97,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` through a temp file + ``os.replace`` (never a half-written file)."""
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """``torch.save`` through a temp file + ``os.replace`` (never a half-written file).
+
+    Raises:
+        RunError: the write failed (out of space, read-only); the previous file is intact.
+    """
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return write_output(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` on the CPU, with one clear error for a bad file.
+
+    Raises:
+        ValueError: the file is missing, damaged, not a checkpoint of this trainer, or
+            holds objects ``weights_only`` refuses.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"checkpoint: {str(path)!r} does not exist")
+    try:
+        # On the CPU: RNG states must stay CPU tensors; the loaders move the rest.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint: {str(path)!r} cannot be read ({type(err).__name__}: "
+                         f"{first[:200]}); it is damaged or not a checkpoint of this trainer") from None
+    if not isinstance(state, dict) or "train_config" not in state or "split" not in state:
+        raise ValueError(f"checkpoint: {str(path)!r} was not written by this trainer")
+    return state
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -135,15 +170,68 @@ def _score(metrics: dict) -> float:
     return metrics["auroc"] if np.isfinite(metrics["auroc"]) else -1.0
 
 
-def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, fold: int) -> dict:
+def nonfinite_input(batch: dict, modality: str) -> str | None:
+    """What in a batch is not finite, or ``None``.
+
+    The volume must be finite; table values may be NaN (a missing value) but never
+    infinite.
+    """
+    if modality != "table" and not bool(torch.isfinite(batch["volume"]).all()):
+        return "volume"
+    if modality != "image" and bool(torch.isinf(batch["numerical"]).any()):
+        return "table value"
+    return None
+
+
+def _any_rank(flag: bool, rt: Runtime) -> bool:
+    """``flag`` OR-ed over all processes (so that every rank takes the same branch)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _resume_fold(cfg: TrainConfig, rt: Runtime, state: dict, fold: int, ckpt_path: Path,
+                 total_steps: int) -> tuple[int, float, int, list, bool]:
+    """Counters of a resumed fold, after checking that ``--epochs`` can be honoured."""
+    start, best, bad = state["epoch"], state["best"], state["bad_epochs"]
+    history = list(state["history"])
+    if start > cfg.epochs:
+        raise ValueError(f"epochs: fold {fold} has trained {start} epochs already ({ckpt_path}); "
+                         f"--epochs {cfg.epochs} cannot shorten it")
+    saved_epochs = state["train_config"].get("epochs", cfg.epochs)
+    early = bad >= cfg.patience
+    finished = early or start >= cfg.epochs
+    if cfg.epochs != saved_epochs and start < cfg.epochs:
+        if early:
+            log(rt, f"fold {fold}: not continued to epoch {cfg.epochs}: it stopped early at epoch "
+                    f"{start} (no validation AUROC gain for {bad} epochs, --patience {cfg.patience}); "
+                    f"raise --patience to train it further")
+        else:
+            log(rt, f"fold {fold}: --epochs {saved_epochs} -> {cfg.epochs}: the cosine learning-rate "
+                    f"schedule now ends after {total_steps} steps, so from epoch {start + 1} on the "
+                    f"run differs from an uninterrupted {saved_epochs}-epoch run")
+    return start, best, bad, history, finished
+
+
+def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, fold: int,
+               written: list[Path] | None = None) -> dict:
     """Train one fold to the end (or to ``stop_after``); returns its test metrics and preds.
 
     Writes ``out/fold<k>/checkpoint.pt`` every epoch, ``best.pt`` on each validation
     AUROC improvement, and on completion ``metrics.json``, ``predictions.csv``, ROC and
-    confusion PNGs and attention PNGs.
+    confusion PNGs and attention PNGs; each written path is appended to ``written``.
+
+    Raises:
+        ValueError: the checkpoint to resume from belongs to another split or cannot
+            honour ``--epochs``.
+        RunError: a non-finite batch with ``on_nonfinite="stop"``, a whole epoch of
+            non-finite batches, or a failed write.
     """
     from tqdm.auto import tqdm
 
+    written = [] if written is None else written
     fold_dir = Path(cfg.out) / f"fold{fold}"
     ckpt_path, best_path = fold_dir / "checkpoint.pt", fold_dir / "best.pt"
     crop = data.crop
@@ -174,8 +262,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
         for stale in fold_dir.glob(".*.pt.*.tmp"):
             stale.unlink(missing_ok=True)
     if cfg.resume and ckpt_path.is_file():
-        # On the CPU: RNG states must stay CPU tensors; the loaders move the rest.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ckpt_path)
         if state["split"] != split.to_dict():
             raise ValueError(f"resume: {ckpt_path} was trained on another split (seed/folds changed?)")
         model.load_state_dict(state["model"])
@@ -183,9 +270,10 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start, best, bad = state["epoch"], state["best"], state["bad_epochs"]
-        history, finished = list(state["history"]), bool(state["finished"])
+        start, best, bad, history, finished = _resume_fold(cfg, rt, state, fold, ckpt_path, total)
         log(rt, f"fold {fold}: resumed from {ckpt_path} at epoch {start}")
+    elif cfg.resume:
+        log(rt, f"fold {fold}: no checkpoint to resume in {fold_dir}; training from epoch 0")
 
     sampler = (torch.utils.data.DistributedSampler(ds_train, num_replicas=rt.world, rank=rt.rank,
                                                    shuffle=True, seed=cfg.seed + fold)
@@ -216,7 +304,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
             # BatchNorm cannot train on a batch of one sample: drop such a last batch.
             drop_last=per_rank % cfg.batch_size == 1)
         net.train()
-        total_loss, seen = 0.0, 0
+        total_loss, seen, skipped, pending = 0.0, 0, [], 0
         n_batches = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, unit="batch",
                    disable=not (cfg.progress and rt.main))
@@ -224,23 +312,60 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
         for step, batch in enumerate(bar):
             last = (step + 1) % cfg.accum_steps == 0 or step + 1 == n_batches
             sync = net.no_sync() if (rt.distributed and not last) else contextlib.nullcontext()
+            if cfg.modality == "both":
+                batch = modality_dropout(batch, cfg.modality_dropout)
+            reason = nonfinite_input(batch, cfg.modality)
+            bad = _any_rank(reason is not None, rt)  # every rank takes the same branch
             with sync:
-                with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32,
-                                    enabled=rt.amp_dtype is not None):
-                    if cfg.modality == "both":
-                        batch = modality_dropout(batch, cfg.modality_dropout)
-                    logits = forward(net, batch, cfg.modality, rt.device)
-                    loss = criterion(logits.float(), batch["label"].to(rt.device))
-                scaler.scale(loss / cfg.accum_steps).backward()
+                if not bad:
+                    # BatchNorm updates its running statistics in the forward pass: keep a
+                    # copy, to put back if this batch's loss turns out non-finite.
+                    buffers = [b.detach().clone() for b in model.buffers()]
+                    with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32,
+                                        enabled=rt.amp_dtype is not None):
+                        logits = forward(net, batch, cfg.modality, rt.device)
+                        loss = criterion(logits.float(), batch["label"].to(rt.device))
+                    if not bool(torch.isfinite(loss)):
+                        reason = "loss"
+                    bad = _any_rank(reason is not None, rt)
+                    if not bad:
+                        scaler.scale(loss / cfg.accum_steps).backward()
+                        pending += 1
+                    else:
+                        with torch.no_grad():
+                            for b, saved in zip(model.buffers(), buffers, strict=True):
+                                b.copy_(saved)
+                        if rt.distributed:
+                            # every rank ran DDP's forward: a zero backward keeps the
+                            # ranks' gradient reductions in step without changing a gradient
+                            sum((p * 0).sum() for p in net.parameters() if p.requires_grad).backward()
+            if bad:
+                ids = [train_set.ids[i] for i in batch["index"].tolist()]
+                what = f"a non-finite {reason}" if reason else "a non-finite batch on another process"
+                if cfg.on_nonfinite == "stop":
+                    raise RunError(f"fold {fold} epoch {epoch + 1}: {what} in the training batch of "
+                                   f"patients {', '.join(ids)}; stopped before it reached the weights "
+                                   f"(--on-nonfinite skip skips such batches instead)")
+                skipped.append(ids)
+            else:
+                total_loss += float(loss.detach()) * len(batch["label"])
+                seen += len(batch["label"])
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
             if last:
-                scaler.step(opt)
-                scaler.update()
+                if pending:
+                    scaler.step(opt)
+                    scaler.update()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-            total_loss += float(loss.detach()) * len(batch["label"])
-            seen += len(batch["label"])
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+                pending = 0
         ran += 1
+        if skipped:
+            log(rt, f"fold {fold} epoch {epoch + 1}: skipped {len(skipped)} of {n_batches} training "
+                    f"batch(es) with a non-finite input or loss (patients "
+                    f"{', '.join(p for ids in skipped for p in ids)})")
+            if len(skipped) == n_batches:
+                raise RunError(f"fold {fold} epoch {epoch + 1}: every training batch was non-finite; "
+                               f"nothing to learn from")
 
         stop = torch.zeros(1, device=rt.device)  # nccl broadcasts CUDA tensors only
         if rt.main:
@@ -249,14 +374,15 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
             improved = _score(val) > best + 1e-6
             if improved:
                 best, bad = _score(val), 0
-                save_checkpoint(best_path, {**model.checkpoint_state(schema.to_dict()),
-                                            "train_config": asdict(cfg), "split": split.to_dict(),
-                                            "epoch": epoch + 1, "classes": list(cfg.classes)})
+                written.append(save_checkpoint(best_path, {
+                    **model.checkpoint_state(schema.to_dict()), "train_config": asdict(cfg),
+                    "split": split.to_dict(), "epoch": epoch + 1, "classes": list(cfg.classes)}))
             else:
                 bad += 1
             history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
                             "val_auroc": val["auroc"], "val_acc": val["acc"],
-                            "lr": float(sched.get_last_lr()[0]), "frozen_encoder": frozen})
+                            "lr": float(sched.get_last_lr()[0]), "frozen_encoder": frozen,
+                            "skipped_batches": len(skipped)})
             finished = bad >= cfg.patience or epoch + 1 == cfg.epochs
             epoch_bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}",
                                   val_auroc=f"{val['auroc']:.3f}", best=f"{best:.3f}")
@@ -270,45 +396,95 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
             dist.broadcast(stop, src=0)
         finished = bool(stop[0])
         if rt.main:
-            save_checkpoint(ckpt_path, {
+            written.append(save_checkpoint(ckpt_path, {
                 **model.checkpoint_state(schema.to_dict()),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                 "best": best, "bad_epochs": bad, "history": history, "finished": finished,
                 "train_config": asdict(cfg), "split": split.to_dict(), "classes": list(cfg.classes),
-            })
+            }))
         barrier(rt)
     if not rt.main:
         return {}
 
-    best_model = MMCAFNet.from_checkpoint(best_path, map_location=rt.device) if best_path.is_file() else model
+    best_model = (MMCAFNet.from_state(load_checkpoint(best_path)).to(rt.device) if best_path.is_file()
+                  else model)
     probs = predict_probs(best_model, test_set.dataset(crop.crop, False, 0), cfg, rt)
     metrics = compute_metrics(test_set.labels, probs, cfg.classes)
     metrics["history"] = history
-    write_report(fold_dir, test_set.labels, probs, test_set.ids, cfg.classes, metrics,
-                 f"fold {fold} test")
+    written += write_report(fold_dir, test_set.labels, probs, test_set.ids, cfg.classes, metrics,
+                            f"fold {fold} test")
     if cfg.modality != "table" and cfg.attention_patients > 0:
         k = min(cfg.attention_patients, len(val_set.ids))
         ds_val = val_set.dataset(crop.crop, False, 0)
         vols = torch.stack([ds_val[i]["volume"] for i in range(k)]).to(rt.device)
-        plot_attention(best_model, vols, val_set.ids[:k], fold_dir / "attention")
+        written += plot_attention(best_model, vols, val_set.ids[:k], fold_dir / "attention")
     return {"metrics": metrics, "probs": probs, "labels": test_set.labels, "ids": test_set.ids}
+
+
+def _check_resume(cfg: TrainConfig, rt: Runtime) -> None:
+    """Before any work: every fold checkpoint in ``out`` agrees with ``cfg`` (see
+    :func:`~.config.resume_changes`); changed location or length fields are logged."""
+    ckpts = sorted(Path(cfg.out).glob("fold[0-9]*/checkpoint.pt"))
+    if not ckpts:
+        log(rt, f"--resume: no checkpoint in {cfg.out}; starting a new run")
+        return
+    notes: dict[str, None] = {}
+    for path in ckpts:
+        state = load_checkpoint(path)
+        for line in resume_changes(state["train_config"], cfg, str(path)):
+            notes[line] = None
+        if state["epoch"] > cfg.epochs:
+            raise ValueError(f"epochs: {path} has trained {state['epoch']} epochs already; "
+                             f"--epochs {cfg.epochs} cannot shorten it")
+    for line in notes:
+        log(rt, f"--resume with a changed setting: {line}")
+
+
+def _print_written(rt: Runtime, written: list[Path]) -> None:
+    paths = list(dict.fromkeys(str(p) for p in written))
+    log(rt, f"files written ({len(paths)}):\n" + "\n".join(f"  {p}" for p in paths))
 
 
 def run(cfg: TrainConfig) -> dict | None:
     """Prepare data, train every fold, print and write the pooled test metrics.
+
+    Before any training, on the process that writes: ``out`` and the cache root must
+    be writable, ``out`` is locked against a second run (:class:`~.rundir.RunLock`), a
+    finished run in ``out`` is refused unless ``resume`` or ``overwrite`` is set, and a
+    resumed run's settings are compared with its checkpoints'. The end of the run
+    prints every file it wrote.
 
     Returns:
         The metrics dict on rank 0 (``None`` on other ranks or when stopped early by
         ``stop_after``).
 
     Raises:
-        ValueError: a bad config or unusable data.
+        ValueError: a bad config, unusable data, an unwritable folder, a run folder
+            that is taken, or a resume that would change the run.
+        RunError: another run holds ``out``, a non-finite batch (see
+            ``on_nonfinite``) or a failed write.
     """
     cfg.validate()
     rt = setup_runtime(cfg)
+    lock = None
+    written: list[Path] = []
     try:
         t0 = time.time()
+        if rt.main:
+            out = check_writable(cfg.out, "out")
+            check_writable(Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root(cfg),
+                           "cache_dir" if cfg.cache_dir else "cache_root")
+            if cfg.data_dir is None and not (phantom_root(cfg) / ".complete").is_file():
+                check_writable(phantom_root(cfg).parent, "phantom_dir" if cfg.phantom_dir else "cache_root")
+            lock = RunLock(out).acquire()
+            removed = claim_run_folder(out, resume=cfg.resume, overwrite=cfg.overwrite)
+            if removed:
+                log(rt, f"--overwrite: removed the earlier run's {', '.join(p.name for p in removed)} "
+                        f"from {out}")
+            if cfg.resume:
+                _check_resume(cfg, rt)
+        barrier(rt)
         data = load_data(cfg, rt)
         ids, labels = task_patients(data, cfg.classes)
         splits = make_splits(ids, labels, cfg)
@@ -320,8 +496,9 @@ def run(cfg: TrainConfig) -> dict | None:
         for k in folds:
             split = splits[k]
             log(rt, f"fold {k}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} patients")
-            res = train_fold(cfg, rt, data, split, k)
+            res = train_fold(cfg, rt, data, split, k, written)
             if res.get("interrupted"):
+                _print_written(rt, written)
                 return None
             results.append(res)
         if not rt.main:
@@ -338,18 +515,18 @@ def run(cfg: TrainConfig) -> dict | None:
         metrics["per_fold"] = [{k: r["metrics"][k] for k in METRIC_KEYS} for r in results]
         metrics["task"], metrics["modality"] = cfg.task, cfg.modality
         metrics["wall_time_s"] = round(time.time() - t0, 1)
-        write_report(Path(cfg.out), y, probs, pids, cfg.classes, metrics,
-                     f"{cfg.task} / {cfg.modality} (held-out test)")
+        written += write_report(Path(cfg.out), y, probs, pids, cfg.classes, metrics,
+                                f"{cfg.task} / {cfg.modality} (held-out test)")
         # The first fold's attention PNGs next to the pooled report.
-        att = Path(cfg.out) / "attention"
-        att.mkdir(parents=True, exist_ok=True)
-        for png in (Path(cfg.out) / f"fold{folds[0]}" / "attention").glob("*.png"):
-            (att / png.name).write_bytes(png.read_bytes())
+        for png in sorted((Path(cfg.out) / f"fold{folds[0]}" / "attention").glob("*.png")):
+            written.append(write_output(Path(cfg.out) / "attention" / png.name, png.read_bytes()))
         log(rt, "\n" + format_metrics(metrics, f"held-out test metrics ({len(y)} patients, "
                                               f"{len(results)} fold(s)):"))
-        log(rt, f"wrote {Path(cfg.out) / 'metrics.json'} (wall time {metrics['wall_time_s']} s)")
+        log(rt, f"wall time {metrics['wall_time_s']} s")
+        _print_written(rt, written)
         return metrics
     finally:
+        if lock is not None:
+            lock.release()
         if rt.distributed and dist.is_initialized():
             dist.destroy_process_group()
-

@@ -10,21 +10,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmscale.data import atomic_write_bytes
 from mmscale.models import MMCAFNet
+
+from .rundir import save_figure, write_output
 
 __all__ = ["jsonable", "plot_attention", "plot_roc_confusion", "write_report"]
 
 
-def write_report(folder: Path, labels, probs, ids, classes, metrics: dict, title: str) -> None:
-    """``metrics.json``, ``predictions.csv``, ``roc.png`` and ``confusion.png``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "metrics.json", json.dumps(jsonable(metrics), indent=2).encode())
+def write_report(folder: Path, labels, probs, ids, classes, metrics: dict, title: str) -> list[Path]:
+    """``metrics.json``, ``predictions.csv``, ``roc.png`` and ``confusion.png``; returns their paths.
+
+    Raises:
+        RunError: a write failed.
+    """
+    folder = Path(folder)
+    paths = [write_output(folder / "metrics.json", json.dumps(jsonable(metrics), indent=2).encode())]
     lines = ["patient_id,label," + ",".join(f"p_{c}" for c in classes)]
     for pid, y, p in zip(ids, labels, probs, strict=True):
         lines.append(f"{pid},{classes[int(y)]}," + ",".join(f"{v:.6f}" for v in p))
-    atomic_write_bytes(folder / "predictions.csv", ("\n".join(lines) + "\n").encode())
-    plot_roc_confusion(np.asarray(labels), np.asarray(probs), classes, folder, title)
+    paths.append(write_output(folder / "predictions.csv", ("\n".join(lines) + "\n").encode()))
+    paths += plot_roc_confusion(np.asarray(labels), np.asarray(probs), classes, folder, title)
+    return paths
 
 
 def jsonable(x):
@@ -40,15 +46,14 @@ def jsonable(x):
 
 
 
-def plot_roc_confusion(y_true, probs, classes, out: Path, title: str) -> None:
-    """``roc.png`` and ``confusion.png`` in ``out`` (matplotlib, Agg)."""
+def plot_roc_confusion(y_true, probs, classes, out: Path, title: str) -> list[Path]:
+    """``roc.png`` and ``confusion.png`` in ``out`` (matplotlib, Agg); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-    out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     targets = [(classes[1], y_true == 1, probs[:, 1])] if len(classes) == 2 else [
         (c, y_true == k, probs[:, k]) for k, c in enumerate(classes)]
@@ -61,15 +66,16 @@ def plot_roc_confusion(y_true, probs, classes, out: Path, title: str) -> None:
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=110)
+    paths = [save_figure(fig, out / "roc.png")]
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ConfusionMatrixDisplay.from_predictions(y_true, probs.argmax(1), labels=list(range(len(classes))),
                                             display_labels=list(classes), ax=ax, colorbar=False)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
+    paths.append(save_figure(fig, out / "confusion.png"))
     plt.close(fig)
+    return paths
 
 
 @torch.no_grad()
@@ -91,7 +97,6 @@ def plot_attention(model: MMCAFNet, volumes: torch.Tensor, ids: Sequence[str], o
     import matplotlib.pyplot as plt
 
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
     gates = model.spatial_attention_maps(volumes)[0]  # finest level first
     gates = F.interpolate(gates.float(), size=volumes.shape[2:], mode="trilinear", align_corners=False)
     paths = []
@@ -106,9 +111,7 @@ def plot_attention(model: MMCAFNet, volumes: torch.Tensor, ids: Sequence[str], o
             ax.axis("off")
         fig.suptitle(f"{pid}: spatial attention (finest level)", fontsize=9)
         fig.tight_layout()
-        path = out / f"attention_{pid}.png"
-        fig.savefig(path, dpi=100)
+        paths.append(save_figure(fig, out / f"attention_{pid}.png", dpi=100))
         plt.close(fig)
-        paths.append(path)
     return paths
 
