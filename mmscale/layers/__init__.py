@@ -13,13 +13,13 @@ from mmscale.layers.cross_attention import (
     CrossAttention,
     GatedFusionUnit,
     MultiScaleCrossAttention,
-    SingleTokenCrossAttentionFusion,
+    MultiScaleVectorCrossAttention,
 )
 from mmscale.layers.drop_path import DropPath
 from mmscale.layers.kan import KANEncoder, KANLinear
 from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedFusion3d
 from mmscale.layers.squeeze_excitation import SqueezeExcitation3d
-from mmscale.layers.tabular import TabularTokenizer
+from mmscale.layers.tabular import TabularKANEncoder, TabularTokenizer
 
 __all__ = [
     "ChannelAttention3d",
@@ -38,7 +38,8 @@ __all__ = [
     "KANLinear",
     "MultiScaleCrossAttention",
     "PyramidBackbone3d",
-    "SingleTokenCrossAttentionFusion",
+    "MultiScaleVectorCrossAttention",
     "SqueezeExcitation3d",
+    "TabularKANEncoder",
     "TabularTokenizer",
 ]
