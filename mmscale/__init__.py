@@ -20,14 +20,15 @@ from mmscale.layers import (
     MultiScaleConvBlock3d,
     MultiScaleCrossAttention,
     MultiScaleDepthwiseConv3d,
+    MultiScaleVectorCrossAttention,
     PyramidBackbone3d,
-    SingleTokenCrossAttentionFusion,
     SpatialAttention3d,
     SqueezeExcitation3d,
+    TabularKANEncoder,
     TabularTokenizer,
     UpConv3d,
 )
-from mmscale.models import MMCAFNet, MMCAFNetConfig
+from mmscale.models import BinaryFocalLoss, MMCAFNet, MMCAFNetConfig, binary_focal_loss
 
 __all__ = [
     "__version__",
@@ -47,9 +48,12 @@ __all__ = [
     "KANLinear",
     "MultiScaleCrossAttention",
     "PyramidBackbone3d",
-    "SingleTokenCrossAttentionFusion",
+    "MultiScaleVectorCrossAttention",
     "SqueezeExcitation3d",
+    "TabularKANEncoder",
     "TabularTokenizer",
     "MMCAFNet",
     "MMCAFNetConfig",
+    "BinaryFocalLoss",
+    "binary_focal_loss",
 ]
