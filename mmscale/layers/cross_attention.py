@@ -1,9 +1,12 @@
 """Cross-attention between volume and table tokens, at several scales (DESIGN section 4).
 
-Masks follow one convention everywhere: a boolean mask is True where a token is
-present (may be attended to). A query whose keys are all masked (the other modality
-is missing for that sample) gets a zero attention output, so with the residual it
-passes through unchanged and masked values never influence it.
+Key masks follow PyTorch's ``nn.MultiheadAttention`` convention: a
+``key_padding_mask`` (or ``table_padding_mask``) is True where a key is padding and
+must be ignored. Presence flags say so in their name (``volume_present``,
+``image_present``, the tokenizer's validity mask): True = present. A query whose keys
+are all ignored (the other modality is missing for that sample) gets a zero attention
+output, so with the residual it passes through unchanged and ignored values never
+influence it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ __all__ = [
     "CrossAttention",
     "GatedFusionUnit",
     "MultiScaleCrossAttention",
-    "SingleTokenCrossAttentionFusion",
+    "MultiScaleVectorCrossAttention",
 ]
 
 
@@ -38,6 +41,17 @@ def _as_dims(name: str, dim: int | Sequence[int], count: int) -> tuple[int, ...]
     for d in dims:
         _check_positive_int(name, d)
     return dims
+
+
+def _refuse_removed(removed: dict[str, object], old: str, new: str) -> None:
+    """Refuse a removed keyword argument by name (a pre-1.0 rename, never reinterpreted)."""
+    if old in removed:
+        raise TypeError(
+            f"{old} was removed: pass {new} instead, with PyTorch's meaning (True = ignore that key), "
+            f"i.e. {new}=~{old}"
+        )
+    if removed:
+        raise TypeError(f"unexpected keyword argument(s) {sorted(removed)}")
 
 
 def _pool_matrix(length: int, bins: int, ref: torch.Tensor) -> torch.Tensor:
@@ -93,7 +107,7 @@ class CrossAttention(nn.Module):
         dropout (float): dropout on the attention weights (training only).
 
     Shapes:
-        query: [B, Nq, dim], context: [B, Nk, context_dim], key_mask: [B, Nk]
+        query: [B, Nq, dim], context: [B, Nk, context_dim], key_padding_mask: [B, Nk]
         -> [B, Nq, dim] (and weights [B, num_heads, Nq, Nk]).
 
     Raises:
@@ -101,9 +115,11 @@ class CrossAttention(nn.Module):
 
     Example:
         >>> attn = CrossAttention(16, num_heads=4, context_dim=8)
-        >>> out, w = attn(torch.randn(2, 5, 16), torch.randn(2, 3, 8), return_attention=True)
-        >>> out.shape, w.shape
-        (torch.Size([2, 5, 16]), torch.Size([2, 4, 5, 3]))
+        >>> pad = torch.tensor([[False, False, True], [False, False, False]])  # True = ignore
+        >>> out, w = attn(torch.randn(2, 5, 16), torch.randn(2, 3, 8), key_padding_mask=pad,
+        ...               return_attention=True)
+        >>> out.shape, w.shape, w[0, :, :, 2].abs().max().item()
+        (torch.Size([2, 5, 16]), torch.Size([2, 4, 5, 3]), 0.0)
     """
 
     def __init__(
@@ -136,25 +152,32 @@ class CrossAttention(nn.Module):
         self,
         query: torch.Tensor,
         context: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
         return_attention: bool = False,
+        **removed: object,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attend from ``query`` tokens to ``context`` tokens.
 
         Args:
             query (torch.Tensor): [B, Nq, dim].
             context (torch.Tensor): [B, Nk, context_dim].
-            key_mask (torch.Tensor | None): [B, Nk] bool, True = key present. Queries
-                with no present key get a zero output (and zero weights).
-            return_attention (bool): also return the attention weights.
+            key_padding_mask (torch.Tensor | None): [B, Nk] bool, True = ignore that
+                key (``nn.MultiheadAttention``'s meaning). Queries whose keys are all
+                ignored get a zero output (and zero weights). Keyword-only.
+            return_attention (bool): also return the attention weights (keyword-only).
+            **removed: the former ``key_mask`` (True = keep) is refused with a
+                ``TypeError``, so an old call is never silently inverted.
 
         Returns:
             torch.Tensor | tuple[torch.Tensor, torch.Tensor]: output [B, Nq, dim], and
             with ``return_attention`` the weights [B, num_heads, Nq, Nk].
 
         Raises:
+            TypeError: the removed ``key_mask`` argument, or any unknown keyword.
             ValueError: shapes do not match.
         """
+        _refuse_removed(removed, "key_mask", "key_padding_mask")
         if query.dim() != 3 or query.shape[-1] != self.dim:
             raise ValueError(f"query must have shape [B, Nq, {self.dim}], got {list(query.shape)}")
         if context.dim() != 3 or context.shape[-1] != self.context_dim or context.shape[0] != query.shape[0]:
@@ -163,21 +186,28 @@ class CrossAttention(nn.Module):
                 f"got {list(context.shape)}"
             )
         b, nk = context.shape[0], context.shape[1]
-        if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (b, nk)):
-            raise ValueError(
-                f"key_mask must be a bool tensor of shape [{b}, {nk}], got "
-                f"{key_mask.dtype} {list(key_mask.shape)}"
+        if key_padding_mask is not None and (
+            not isinstance(key_padding_mask, torch.Tensor)
+            or key_padding_mask.dtype != torch.bool
+            or tuple(key_padding_mask.shape) != (b, nk)
+        ):
+            got = (
+                f"{key_padding_mask.dtype} {list(key_padding_mask.shape)}"
+                if isinstance(key_padding_mask, torch.Tensor)
+                else type(key_padding_mask).__name__
             )
+            raise ValueError(f"key_padding_mask must be a bool tensor of shape [{b}, {nk}] (True = ignore), got {got}")
         h = self.num_heads
         q = rearrange(self.q_proj(query), "b n (h d) -> b h n d", h=h)
         k = rearrange(self.k_proj(context), "b n (h d) -> b h n d", h=h)
         v = rearrange(self.v_proj(context), "b n (h d) -> b h n d", h=h)
         dropout_p = self.dropout if self.training else 0.0
 
-        if key_mask is None:
+        if key_padding_mask is None:
             has_key = None
             attn_mask = None
         else:
+            key_mask = ~key_padding_mask  # True = attend
             has_key = key_mask.any(dim=-1)  # [B]
             # A row with no present key would softmax over all -inf (NaN); let it see
             # every key instead and zero its output below.
@@ -248,6 +278,9 @@ class GatedFusionUnit(nn.Module):
         return u + u * att + v + v * att
 
 
+_COMBINES = ("mean", "sum")
+
+
 def _coarse_to_fine(units: nn.ModuleList, outputs: list[torch.Tensor]) -> torch.Tensor:
     """Merge per-scale outputs, coarsest (last) first: ``m = unit_s(m, out_s)``."""
     merged = outputs[-1]
@@ -256,50 +289,105 @@ def _coarse_to_fine(units: nn.ModuleList, outputs: list[torch.Tensor]) -> torch.
     return merged
 
 
-class SingleTokenCrossAttentionFusion(nn.Module):
-    """The paper's fusion: one image vector and one table vector at several widths.
+class MultiScaleVectorCrossAttention(nn.Module):
+    """The published MMCAF-Net fusion: one image vector and one table vector, three widths.
 
-    At scale ``s`` (width ``dims[s]``): ``img' = img + CA(img <- tab)``,
-    ``tab' = tab + CA(tab <- img)``; the scale output is ``tab' + img'`` (``img'``
-    only for samples whose volume is present); ``img'`` and ``tab'`` feed scale
-    ``s + 1`` through linear maps; the scale outputs are merged coarse-to-fine by
-    :class:`GatedFusionUnit`. With a single key the softmax is identically 1, so each
-    cross-attention equals the value projection of the other modality (its query and
-    key projections are kept, as in the paper, but receive exactly zero gradient).
+    With ``i_0 = BN_img(image)``, ``t_0 = BN_tab(table)`` (``BatchNorm1d(dims[0])``
+    each) and ``CA_s`` one :class:`CrossAttention` per scale (q/k/v with bias, no
+    output projection) that serves **both** directions with the same weights:
+
+    * scale ``s``: ``a_i = CA_s(query=i_s, key/value=t_s) + i_s``,
+      ``a_t = CA_s(query=t_s, key/value=i_s) + t_s``; the scale output is
+      ``(a_i + a_t) / 2`` (``combine="mean"``, the original) or ``a_i + a_t``
+      (``"sum"``);
+    * next scale: ``i_{s+1} = down_s(i_0) + map^img_s(a_i)`` and
+      ``t_{s+1} = down_s(t_0) + map^tab_s(a_t)``, where ``down_s`` is
+      ``Linear(dims[0] -> dims[s+1]) + ReLU + Dropout(down_dropout)`` on the
+      normalised input (shared by both modalities) and ``map_s`` is
+      ``Linear(dims[s] -> dims[s+1])``, one per modality;
+    * the scale outputs are merged coarse-to-fine by :class:`GatedFusionUnit`:
+      for three scales ``f1 = G_1(out_2, out_1)``, ``f = G_0(f1, out_0)``.
+
+    With a single key the softmax is identically 1, so each attention equals the
+    value projection of the other modality (the query and key projections are kept,
+    as in the original, but receive exactly zero gradient). At widths (24, 12, 6)
+    the layer has 4,848 parameters: attentions 2,394, BatchNorms 96,
+    down-projections 450, inter-scale maps 756, gated units 1,152.
+
+    Missing modalities (an mmscale addition; the original has none): an absent
+    image is zeroed before its BatchNorm, is no key for the table, and the scale
+    output is then ``a_t`` alone; an absent table is no key for the image (the table
+    vector itself still contributes: it carries the learned missing-value encoding).
+    ``image=None`` means no sample has an image (its BatchNorm is then skipped, so
+    its running statistics are not pulled towards zero).
 
     Args:
         dims (Sequence[int]): widths per scale, e.g. ``(24, 12, 6)``.
-        num_heads (int): heads per cross-attention (must divide every width).
+        num_heads (int | Sequence[int]): heads per scale (the original: 4, 2, 2);
+            each must divide its width.
+        combine (str): ``"mean"`` (the original) or ``"sum"`` of the two directions.
+        down_dropout (float): dropout of the down-projections (the original: 0.5).
 
     Shapes:
         image: [B, dims[0]], table: [B, dims[0]], image_present: [B], table_present: [B]
         -> [B, dims[0]]
 
     Raises:
-        ValueError: invalid widths or heads, or inputs of the wrong shape.
+        ValueError: invalid widths, heads, ``combine`` or dropout, or inputs of the
+            wrong shape.
 
     Example:
-        >>> fusion = SingleTokenCrossAttentionFusion((24, 12, 6))
-        >>> fusion(torch.randn(2, 24), torch.randn(2, 24)).shape
+        >>> fusion = MultiScaleVectorCrossAttention((24, 12, 6), num_heads=(4, 2, 2))
+        >>> sum(p.numel() for p in fusion.parameters())
+        4848
+        >>> fusion.eval()(torch.randn(2, 24), torch.randn(2, 24)).shape
         torch.Size([2, 24])
     """
 
-    def __init__(self, dims: Sequence[int] = (24, 12, 6), num_heads: int = 1) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] = (24, 12, 6),
+        num_heads: int | Sequence[int] = (4, 2, 2),
+        combine: str = "mean",
+        down_dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         dims = tuple(dims)
         if not dims:
             raise ValueError("dims must list at least one width")
         dims = _as_dims("dims", dims, len(dims))
+        heads = _as_dims("num_heads", num_heads, len(dims))
+        for d, h in zip(dims, heads, strict=True):
+            if d % h:
+                raise ValueError(f"num_heads {heads} must divide dims {dims} scale by scale")
+        if combine not in _COMBINES:
+            raise ValueError(f"combine must be one of {_COMBINES}, got {combine!r}")
+        if isinstance(down_dropout, bool) or not isinstance(down_dropout, (int, float)) or not 0.0 <= down_dropout < 1.0:
+            raise ValueError(f"down_dropout must be a float in [0, 1), got {down_dropout!r}")
         self.dims = dims
-        self.image_attn = nn.ModuleList(CrossAttention(d, num_heads, out_proj=False) for d in dims)
-        self.table_attn = nn.ModuleList(CrossAttention(d, num_heads, out_proj=False) for d in dims)
-        self.image_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
-        self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
+        self.num_heads = heads
+        self.combine = combine
+        d0 = dims[0]
+        self.image_norm = nn.BatchNorm1d(d0)
+        self.table_norm = nn.BatchNorm1d(d0)
+        self.attn = nn.ModuleList(
+            CrossAttention(d, h, out_proj=False) for d, h in zip(dims, heads, strict=True)
+        )
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Linear(d0, d), nn.ReLU(), nn.Dropout(down_dropout)) for d in dims[1:]
+        )
+        self.image_map = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.table_map = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(len(dims) - 1))
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the fused embedding (``dims[0]``)."""
+        return self.dims[0]
 
     def forward(
         self,
-        image: torch.Tensor,
+        image: torch.Tensor | None,
         table: torch.Tensor,
         image_present: torch.Tensor | None = None,
         table_present: torch.Tensor | None = None,
@@ -308,13 +396,13 @@ class SingleTokenCrossAttentionFusion(nn.Module):
         """Fuse one image and one table vector per sample.
 
         Args:
-            image (torch.Tensor): [B, dims[0]] image embedding.
+            image (torch.Tensor | None): [B, dims[0]] image embedding; None = no
+                sample has an image.
             table (torch.Tensor): [B, dims[0]] table embedding.
-            image_present (torch.Tensor | None): [B] bool; absent images are ignored
-                (as keys and in the outputs). None = all present.
-            table_present (torch.Tensor | None): [B] bool; absent tables are not used as
-                keys (the table vector itself still contributes: it carries the
-                learned missing-value encoding). None = all present.
+            image_present (torch.Tensor | None): [B] bool, True = the sample's image
+                is present (a presence flag, not a padding mask). None = all present.
+            table_present (torch.Tensor | None): [B] bool, True = the sample has at
+                least one table value. None = all present.
             return_attention (bool): also return the attention weights
                 (``"scale{s}.image_to_table"`` / ``"scale{s}.table_to_image"``, [B, heads, 1, 1]).
 
@@ -325,36 +413,55 @@ class SingleTokenCrossAttentionFusion(nn.Module):
             ValueError: inputs of the wrong shape.
         """
         d0 = self.dims[0]
-        if image.dim() != 2 or image.shape[1] != d0:
-            raise ValueError(f"image must have shape [B, {d0}], got {list(image.shape)}")
-        if table.dim() != 2 or table.shape != image.shape:
-            raise ValueError(f"table must have shape {list(image.shape)}, got {list(table.shape)}")
-        b = image.shape[0]
-        ones = torch.ones(b, dtype=torch.bool, device=image.device)
+        if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != d0:
+            got = list(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
+            raise ValueError(f"table must have shape [B, {d0}], got {got}")
+        b = table.shape[0]
+        if image is not None and (not isinstance(image, torch.Tensor) or tuple(image.shape) != (b, d0)):
+            got = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must have shape [{b}, {d0}] (like table), got {got}")
+        ones = torch.ones(b, dtype=torch.bool, device=table.device)
+        if image is None:
+            image_present = torch.zeros(b, dtype=torch.bool, device=table.device)
         image_present = ones if image_present is None else image_present
         table_present = ones if table_present is None else table_present
         for name, m in (("image_present", image_present), ("table_present", table_present)):
-            if m.dtype != torch.bool or tuple(m.shape) != (b,):
-                raise ValueError(f"{name} must be a bool tensor of shape [{b}], got {m.dtype} {list(m.shape)}")
-        img_mask = image_present.unsqueeze(-1)
-        tab_mask = table_present.unsqueeze(-1)
-        img = image.unsqueeze(1)  # [B, 1, d]
-        tab = table.unsqueeze(1)
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (b,):
+                got = f"{m.dtype} {list(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(f"{name} must be a bool tensor of shape [{b}], got {got}")
+
+        if image is None:
+            i0 = table.new_zeros(b, d0)
+        else:
+            # Absent images are zeroed first, so their content cannot reach the
+            # BatchNorm statistics.
+            i0 = self.image_norm(torch.where(image_present[:, None], image, torch.zeros_like(image)))
+        t0 = self.table_norm(table)
+        img_pad = rearrange(~image_present, "b -> b 1")  # key padding masks (True = ignore)
+        tab_pad = rearrange(~table_present, "b -> b 1")
+        i, t = i0.unsqueeze(1), t0.unsqueeze(1)  # [B, 1, d]
+        a_i, a_t = i, t
         outputs, weights = [], {}
         for s in range(len(self.dims)):
             if s:
-                img = self.image_next[s - 1](img)
-                tab = self.table_next[s - 1](tab)
-            a_img = self.image_attn[s](img, tab, tab_mask, return_attention)
-            a_tab = self.table_attn[s](tab, img, img_mask, return_attention)
+                down_i = self.down[s - 1](i0).unsqueeze(1)
+                down_t = self.down[s - 1](t0).unsqueeze(1)
+                i = down_i + self.image_map[s - 1](a_i)
+                t = down_t + self.table_map[s - 1](a_t)
+            ca_i = self.attn[s](i, t, key_padding_mask=tab_pad, return_attention=return_attention)
+            ca_t = self.attn[s](t, i, key_padding_mask=img_pad, return_attention=return_attention)
             if return_attention:
-                a_img, weights[f"scale{s}.image_to_table"] = a_img
-                a_tab, weights[f"scale{s}.table_to_image"] = a_tab
-            img, tab = img + a_img, tab + a_tab
-            img_out = torch.where(rearrange(image_present, "b -> b 1 1"), img, torch.zeros_like(img))
-            outputs.append((tab + img_out).squeeze(1))
+                ca_i, weights[f"scale{s}.image_to_table"] = ca_i
+                ca_t, weights[f"scale{s}.table_to_image"] = ca_t
+            a_i, a_t = ca_i + i, ca_t + t
+            both = (a_i + a_t) / 2 if self.combine == "mean" else a_i + a_t
+            out = torch.where(rearrange(image_present, "b -> b 1 1"), both, a_t)
+            outputs.append(out.squeeze(1))
         fused = _coarse_to_fine(self.merge, outputs)
         return (fused, weights) if return_attention else fused
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, num_heads={self.num_heads}, combine={self.combine!r}"
 
 
 class MultiScaleCrossAttention(nn.Module):
@@ -374,14 +481,15 @@ class MultiScaleCrossAttention(nn.Module):
         volume_dims (Sequence[int]): channels of each pyramid level, finest first.
         tabular_dim (int): width of the table tokens (``TabularTokenizer`` dim).
         dim (int | Sequence[int]): fusion width, shared or one per scale.
-        num_heads (int): attention heads (must divide every width).
+        num_heads (int | Sequence[int]): attention heads, shared or one per scale
+            (each must divide its width).
         tokens_per_level (Sequence[int] | Sequence[Sequence[int]]): pooled token grid
             ``(d, h, w)``, shared by all levels, or one grid per level.
         dropout (float): attention dropout.
 
     Shapes:
         volume_features: list of [B, C_s, D_s, H_s, W_s]; table_tokens: [B, F, tabular_dim];
-        table_mask: [B, F]; volume_present: [B] -> [B, dims[0]]
+        table_padding_mask: [B, F]; volume_present: [B] -> [B, dims[0]]
 
     Raises:
         ValueError: invalid arguments, or inputs that do not match them.
@@ -423,7 +531,11 @@ class MultiScaleCrossAttention(nn.Module):
         self.volume_dims = volume_dims
         self.tabular_dim = tabular_dim
         self.dims = dims
-        self.num_heads = num_heads
+        heads = _as_dims("num_heads", num_heads, n)
+        for d, h in zip(dims, heads, strict=True):
+            if d % h:
+                raise ValueError(f"num_heads {heads} must divide dim {dims} scale by scale")
+        self.num_heads = heads
         self.grids = grids
 
         self.volume_proj = nn.ModuleList(
@@ -435,8 +547,12 @@ class MultiScaleCrossAttention(nn.Module):
         self.table_proj = nn.Linear(tabular_dim, dims[0])
         self.volume_norm = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.table_norm = nn.ModuleList(nn.LayerNorm(d) for d in dims)
-        self.volume_attn = nn.ModuleList(CrossAttention(d, num_heads, dropout=dropout) for d in dims)
-        self.table_attn = nn.ModuleList(CrossAttention(d, num_heads, dropout=dropout) for d in dims)
+        self.volume_attn = nn.ModuleList(
+            CrossAttention(d, h, dropout=dropout) for d, h in zip(dims, heads, strict=True)
+        )
+        self.table_attn = nn.ModuleList(
+            CrossAttention(d, h, dropout=dropout) for d, h in zip(dims, heads, strict=True)
+        )
         self.volume_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(n - 1))
@@ -459,9 +575,11 @@ class MultiScaleCrossAttention(nn.Module):
         self,
         volume_features: Sequence[torch.Tensor] | None,
         table_tokens: torch.Tensor,
-        table_mask: torch.Tensor | None = None,
+        *,
+        table_padding_mask: torch.Tensor | None = None,
         volume_present: torch.Tensor | None = None,
         return_attention: bool = False,
+        **removed: object,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fuse pyramid levels with table tokens.
 
@@ -469,31 +587,45 @@ class MultiScaleCrossAttention(nn.Module):
             volume_features (Sequence[torch.Tensor] | None): one [B, C_s, D_s, H_s, W_s]
                 map per level, finest first; None when no sample has a volume.
             table_tokens (torch.Tensor): [B, F, tabular_dim].
-            table_mask (torch.Tensor | None): [B, F] bool, True = feature present.
-            volume_present (torch.Tensor | None): [B] bool, True = volume present.
+            table_padding_mask (torch.Tensor | None): [B, F] bool, True = ignore that
+                table token (a missing feature; ``nn.MultiheadAttention``'s meaning).
+                The tokenizer's validity mask is its inverse:
+                ``table_padding_mask=~valid``. Keyword-only, like the arguments after it.
+            volume_present (torch.Tensor | None): [B] bool presence flag, True = the
+                sample's volume is present.
             return_attention (bool): also return the attention weights, keyed
                 ``"scale{s}.volume_to_table"`` ([B, heads, N_s, F]) and
                 ``"scale{s}.table_to_volume"`` ([B, heads, F, N_s]).
+            **removed: the former ``table_mask`` (True = keep) is refused with a
+                ``TypeError``, so an old call is never silently inverted.
 
         Returns:
             torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]: fused [B, dims[0]].
 
         Raises:
+            TypeError: the removed ``table_mask`` argument, or any unknown keyword.
             ValueError: inputs do not match the layer's configuration.
         """
+        _refuse_removed(removed, "table_mask", "table_padding_mask")
         if table_tokens.dim() != 3 or table_tokens.shape[-1] != self.tabular_dim:
             raise ValueError(
                 f"table_tokens must have shape [B, F, {self.tabular_dim}], got {list(table_tokens.shape)}"
             )
         b, f = table_tokens.shape[0], table_tokens.shape[1]
         device = table_tokens.device
-        if table_mask is None:
-            table_mask = torch.ones(b, f, dtype=torch.bool, device=device)
-        elif table_mask.dtype != torch.bool or tuple(table_mask.shape) != (b, f):
-            raise ValueError(
-                f"table_mask must be a bool tensor of shape [{b}, {f}], got {table_mask.dtype} "
-                f"{list(table_mask.shape)}"
+        if table_padding_mask is None:
+            table_padding_mask = torch.zeros(b, f, dtype=torch.bool, device=device)
+        elif (
+            not isinstance(table_padding_mask, torch.Tensor)
+            or table_padding_mask.dtype != torch.bool
+            or tuple(table_padding_mask.shape) != (b, f)
+        ):
+            got = (
+                f"{table_padding_mask.dtype} {list(table_padding_mask.shape)}"
+                if isinstance(table_padding_mask, torch.Tensor)
+                else type(table_padding_mask).__name__
             )
+            raise ValueError(f"table_padding_mask must be a bool tensor of shape [{b}, {f}] (True = ignore), got {got}")
         if volume_features is None:
             volume_present = torch.zeros(b, dtype=torch.bool, device=device)
             feats: list[torch.Tensor | None] = [None] * len(self.dims)
@@ -522,10 +654,12 @@ class MultiScaleCrossAttention(nn.Module):
             if carried is not None:
                 vol = vol + self._resample(self.volume_next[s - 1](carried), self.grids[s - 1], self.grids[s])
                 table = self.table_next[s - 1](table)
-            vol_mask = volume_present.unsqueeze(-1).expand(b, vol.shape[1])
+            vol_pad = (~volume_present).unsqueeze(-1).expand(b, vol.shape[1])
             nv, nt = self.volume_norm[s](vol), self.table_norm[s](table)
-            a_vol = self.volume_attn[s](nv, nt, table_mask, return_attention)
-            a_tab = self.table_attn[s](nt, nv, vol_mask, return_attention)
+            a_vol = self.volume_attn[s](
+                nv, nt, key_padding_mask=table_padding_mask, return_attention=return_attention
+            )
+            a_tab = self.table_attn[s](nt, nv, key_padding_mask=vol_pad, return_attention=return_attention)
             if return_attention:
                 a_vol, weights[f"scale{s}.volume_to_table"] = a_vol
                 a_tab, weights[f"scale{s}.table_to_volume"] = a_tab

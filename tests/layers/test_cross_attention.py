@@ -1,4 +1,4 @@
-"""CrossAttention, GatedFusionUnit, the single-token fusion and MultiScaleCrossAttention."""
+"""CrossAttention, GatedFusionUnit, the published single-vector fusion and MultiScaleCrossAttention."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmscale.layers import (
     CrossAttention,
     GatedFusionUnit,
     MultiScaleCrossAttention,
-    SingleTokenCrossAttentionFusion,
+    MultiScaleVectorCrossAttention,
 )
 from mmscale.layers.cross_attention import adaptive_avg_pool3d
 
@@ -30,9 +30,9 @@ def test_fused_and_explicit_paths_agree(b, nq, nk, heads, seed):
     torch.manual_seed(seed)
     attn = CrossAttention(8, heads, context_dim=5).eval()
     q, ctx = torch.randn(b, nq, 8), torch.randn(b, nk, 5)
-    mask = torch.rand(b, nk) < 0.6
-    fused = attn(q, ctx, mask)
-    explicit, w = attn(q, ctx, mask, return_attention=True)
+    mask = torch.rand(b, nk) < 0.6  # True = keep
+    fused = attn(q, ctx, key_padding_mask=~mask)
+    explicit, w = attn(q, ctx, key_padding_mask=~mask, return_attention=True)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     assert w.shape == (b, heads, nq, nk)
     has_key = mask.any(-1)
@@ -42,7 +42,7 @@ def test_fused_and_explicit_paths_agree(b, nq, nk, heads, seed):
     assert (fused[~has_key] == 0).all()
     # Masked keys can change freely.
     ctx2 = torch.where(mask[..., None], ctx, torch.randn_like(ctx) * 10)
-    torch.testing.assert_close(attn(q, ctx2, mask), fused, rtol=0, atol=0)
+    torch.testing.assert_close(attn(q, ctx2, key_padding_mask=~mask), fused, rtol=0, atol=0)
 
 
 def test_manual_multi_head_math():
@@ -81,8 +81,35 @@ def test_cross_attention_errors():
         attn(torch.randn(2, 1, 3), torch.randn(2, 1, 3))
     with pytest.raises(ValueError, match="context"):
         attn(torch.randn(2, 1, 4), torch.randn(2, 1, 4))
-    with pytest.raises(ValueError, match="key_mask"):
-        attn(torch.randn(2, 1, 4), torch.randn(2, 2, 3), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attn(torch.randn(2, 1, 4), torch.randn(2, 2, 3), key_padding_mask=torch.ones(2, 2))
+    # The old True-means-keep argument is refused by name, never reinterpreted.
+    with pytest.raises(TypeError, match="key_mask was removed.*key_padding_mask"):
+        attn(torch.randn(2, 1, 4), torch.randn(2, 2, 3), key_mask=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(TypeError):  # and no positional mask that could mean either
+        attn(torch.randn(2, 1, 4), torch.randn(2, 2, 3), torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_pytorch_habit_mask_matches_multihead_attention():
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    mha = torch.nn.MultiheadAttention(dim, heads, batch_first=True).double().eval()
+    attn = CrossAttention(dim, heads).double().eval()
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    with torch.no_grad():
+        for lin, w, bias in ((attn.q_proj, wq, bq), (attn.k_proj, wk, bk), (attn.v_proj, wv, bv)):
+            lin.weight.copy_(w)
+            lin.bias.copy_(bias)
+        attn.out_proj.weight.copy_(mha.out_proj.weight)
+        attn.out_proj.bias.copy_(mha.out_proj.bias)
+    q, kv = torch.randn(2, 3, dim, dtype=torch.float64), torch.randn(2, 4, dim, dtype=torch.float64)
+    pad = torch.tensor([[False, False, False, True], [False, True, True, False]])  # True = padding
+    want, want_w = mha(q, kv, kv, key_padding_mask=pad, average_attn_weights=False)
+    got, w = attn(q, kv, key_padding_mask=pad, return_attention=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w, want_w, rtol=1e-12, atol=1e-12)
+    assert (w[0, ..., 3] == 0).all()  # the padded key gets no attention
 
 
 # ------------------------------------------------------------------ gated fusion unit
@@ -95,48 +122,101 @@ def test_gated_fusion_unit_formula():
     torch.testing.assert_close(gfu(a, b), u + u * att + v + v * att)
 
 
-# ------------------------------------------------------------------ single-token fusion
-def test_single_token_fusion_equals_its_closed_form():
-    torch.manual_seed(0)
-    fusion = SingleTokenCrossAttentionFusion((24, 12, 6)).eval()
-    img, tab = torch.randn(3, 24), torch.randn(3, 24)
-    present = torch.tensor([True, False, True])
+# ------------------------------------------------------------------ the published single-vector fusion
+def _bn_train(x: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
 
-    # Closed form: every attention is the value projection of the other modality.
-    outs = []
-    i, t = img, tab
-    for s in range(3):
+
+def _lin(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return x @ layer.weight.T + layer.bias
+
+
+def _ca(q_in, kv_in, ca, heads):
+    """Cross-attention written out: per-head softmax(q k^T / sqrt(width / heads)) v, no out-proj."""
+    b, d = q_in.shape
+    q = _lin(q_in, ca.q_proj).view(b, heads, d // heads)
+    k = _lin(kv_in, ca.k_proj).view(b, heads, d // heads)
+    v = _lin(kv_in, ca.v_proj).view(b, heads, d // heads)
+    score = (q * k).sum(-1, keepdim=True) * (d / heads) ** -0.5  # one key per query
+    w = torch.exp(score - score)  # softmax over a single key
+    return (w * v).reshape(b, d)
+
+
+def _gate(a, b, unit):
+    u, v = _lin(a, unit.w_x), _lin(b, unit.w_y)
+    att = torch.softmax(u * v, dim=-1)
+    return u + u * att + v + v * att
+
+
+def test_vector_fusion_equals_the_published_math_in_float64():
+    torch.manual_seed(0)
+    fusion = MultiScaleVectorCrossAttention((24, 12, 6), num_heads=(4, 2, 2)).double().train()
+    for m in fusion.down:
+        m[2].p = 0.0  # make the training-mode pass deterministic (dropout checked below)
+    img, tab = torch.randn(5, 24, dtype=torch.float64), torch.randn(5, 24, dtype=torch.float64)
+
+    i0, t0 = _bn_train(img, fusion.image_norm), _bn_train(tab, fusion.table_norm)
+    i, t, outs = i0, t0, []
+    a_i, a_t = i, t
+    for s, heads in enumerate((4, 2, 2)):
         if s:
-            i, t = fusion.image_next[s - 1](i), fusion.table_next[s - 1](t)
-        ia, ta = fusion.image_attn[s], fusion.table_attn[s]
-        i, t = i + ia.v_proj(t), t + torch.where(present[:, None], ta.v_proj(i), torch.zeros_like(i))
-        outs.append(t + torch.where(present[:, None], i, torch.zeros_like(i)))
-    m = fusion.merge[1](outs[2], outs[1])
-    want = fusion.merge[0](m, outs[0])
-    got, weights = fusion(img, tab, image_present=present, return_attention=True)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(fusion(img, tab, image_present=present), want)
-    assert weights["scale0.table_to_image"][:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0]
-    assert fusion.dims == (24, 12, 6) and got.shape == (3, 24)
+            i = torch.relu(_lin(i0, fusion.down[s - 1][0])) + _lin(a_i, fusion.image_map[s - 1])
+            t = torch.relu(_lin(t0, fusion.down[s - 1][0])) + _lin(a_t, fusion.table_map[s - 1])
+        ca = fusion.attn[s]  # one module, both directions
+        a_i = _ca(i, t, ca, heads) + i
+        a_t = _ca(t, i, ca, heads) + t
+        outs.append((a_i + a_t) / 2)
+    f1 = _gate(outs[2], outs[1], fusion.merge[1])
+    want = _gate(f1, outs[0], fusion.merge[0])
+    torch.testing.assert_close(fusion(img, tab), want, rtol=1e-10, atol=1e-10)
+
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in fusion.named_children()}
+    assert counts == {"image_norm": 48, "table_norm": 48, "attn": 2394, "down": 450,
+                      "image_map": 378, "table_map": 378, "merge": 1152}
+    assert sum(counts.values()) == 4848
+    assert [a.num_heads for a in fusion.attn] == [4, 2, 2]
+    assert all(not isinstance(a.out_proj, torch.nn.Linear) for a in fusion.attn)
+    assert all(m[2].p == 0.0 for m in fusion.down)
+    assert MultiScaleVectorCrossAttention().down[0][2].p == 0.5
+    # "sum" is mmscale's former choice.
+    summed = MultiScaleVectorCrossAttention((24, 12, 6), combine="sum").double().eval()
+    assert summed.combine == "sum"
 
 
-def test_single_token_fusion_ignores_absent_images():
+def test_vector_fusion_ignores_absent_images():
     torch.manual_seed(0)
-    fusion = SingleTokenCrossAttentionFusion((8, 4))
-    img, tab = torch.randn(2, 8), torch.randn(2, 8)
-    present = torch.tensor([False, True])
+    fusion = MultiScaleVectorCrossAttention((8, 4), num_heads=1).train()
+    img, tab = torch.randn(3, 8), torch.randn(3, 8)
+    present = torch.tensor([False, True, True])
+    torch.manual_seed(1)
     out = fusion(img, tab, present)
     img2 = img.clone()
-    img2[0] = 1e3
+    img2[0] = 1e3  # reaches neither the batch statistics nor any output
+    torch.manual_seed(1)
     torch.testing.assert_close(fusion(img2, tab, present), out, rtol=0, atol=0)
+    fusion.eval()
+    out, w = fusion(img, tab, present, return_attention=True)
+    assert w["scale0.table_to_image"][:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0]
+    # No image at all: the BatchNorm is skipped (its statistics stay put).
+    fusion.train()
+    stats = fusion.image_norm.running_mean.clone()
+    assert torch.isfinite(fusion(None, tab)).all()
+    torch.testing.assert_close(fusion.image_norm.running_mean, stats, rtol=0, atol=0)
     with pytest.raises(ValueError, match="image"):
-        fusion(torch.randn(2, 4), tab)
+        fusion(torch.randn(3, 4), tab)
     with pytest.raises(ValueError, match="table"):
-        fusion(img, torch.randn(3, 8))
+        fusion(img, torch.randn(3, 7))
     with pytest.raises(ValueError, match="image_present"):
-        fusion(img, tab, torch.ones(2))
+        fusion(img, tab, torch.ones(3))
     with pytest.raises(ValueError, match="dims"):
-        SingleTokenCrossAttentionFusion(())
+        MultiScaleVectorCrossAttention(())
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiScaleVectorCrossAttention((8, 4), num_heads=(2, 3))
+    with pytest.raises(ValueError, match="combine"):
+        MultiScaleVectorCrossAttention((8, 4), num_heads=1, combine="max")
+    with pytest.raises(ValueError, match="down_dropout"):
+        MultiScaleVectorCrossAttention((8, 4), num_heads=1, down_dropout=1.0)
 
 
 # ------------------------------------------------------------------ multi-scale cross-attention
@@ -182,14 +262,15 @@ def test_multiscale_per_scale_widths_and_masking():
     msca = MultiScaleCrossAttention(chans, tabular_dim=6, dim=(16, 8, 4), num_heads=2).eval()
     feats = _levels(3, chans, sizes)
     table = torch.randn(3, 4, 6)
-    table_mask = torch.tensor([[True, False, True, True], [False] * 4, [True] * 4])
+    table_mask = torch.tensor([[True, False, True, True], [False] * 4, [True] * 4])  # True = present
+    pad = ~table_mask
     present = torch.tensor([True, True, False])
-    out = msca(feats, table, table_mask, present)
+    out = msca(feats, table, table_padding_mask=pad, volume_present=present)
     assert out.shape == (3, 16)
     # Masked table tokens only matter as queries (they are the learned "missing"
     # embedding in the model); as keys they must not: change a masked token's
     # content and only the query side may move -> compare via the attention weights.
-    _, w = msca(feats, table, table_mask, present, return_attention=True)
+    _, w = msca(feats, table, table_padding_mask=pad, volume_present=present, return_attention=True)
     for s in range(3):
         assert (w[f"scale{s}.volume_to_table"][0, :, :, 1] == 0).all()
         assert (w[f"scale{s}.volume_to_table"][1] == 0).all()
@@ -198,10 +279,16 @@ def test_multiscale_per_scale_widths_and_masking():
     feats2 = [f.clone() for f in feats]
     for f in feats2:
         f[2] = torch.randn_like(f[2]) * 100
-    torch.testing.assert_close(msca(feats2, table, table_mask, present), out, rtol=0, atol=0)
+    torch.testing.assert_close(
+        msca(feats2, table, table_padding_mask=pad, volume_present=present), out, rtol=0, atol=0
+    )
     # No volume at all == all absent.
-    none = msca(None, table, table_mask)
-    torch.testing.assert_close(none, msca(feats, table, table_mask, torch.zeros(3, dtype=torch.bool)))
+    none = msca(None, table, table_padding_mask=pad)
+    absent = torch.zeros(3, dtype=torch.bool)
+    torch.testing.assert_close(none, msca(feats, table, table_padding_mask=pad, volume_present=absent))
+    # Per-scale heads.
+    per_scale = MultiScaleCrossAttention(chans, tabular_dim=6, dim=(16, 8, 4), num_heads=(4, 2, 1))
+    assert [a.num_heads for a in per_scale.volume_attn] == [4, 2, 1]
 
 
 def test_multiscale_gradients_reach_every_parameter():
@@ -231,7 +318,11 @@ def test_multiscale_errors():
         msca(feats[:1], table)
     with pytest.raises(ValueError, match=r"volume_features\[1\]"):
         msca([feats[0], torch.randn(2, 7, 1, 2, 2)], table)
-    with pytest.raises(ValueError, match="table_mask"):
-        msca(feats, table, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="table_padding_mask"):
+        msca(feats, table, table_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="table_mask was removed.*table_padding_mask"):
+        msca(feats, table, table_mask=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError):
+        msca(feats, table, torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="volume_present"):
-        msca(feats, table, None, torch.ones(3, dtype=torch.bool))
+        msca(feats, table, volume_present=torch.ones(3, dtype=torch.bool))
