@@ -128,27 +128,39 @@ class PreparedData:
         """Load a cache written by :func:`prepare`.
 
         Raises:
-            ValueError: ``root`` holds no finished cache (no ``index.json``).
+            ValueError: ``root`` holds no finished cache (no ``index.json``), or its
+                index or a crop it lists cannot be read (the message names the file).
         """
         root = Path(root)
         index_path = root / _INDEX
         if not index_path.is_file():
             raise ValueError(f"root: {str(root)!r} holds no finished cache ({_INDEX} missing)")
-        info = json.loads(index_path.read_text())
-        pats = info["patients"]
-        vols = np.stack([np.load(root / "crops" / f"{p['id']}.npy") for p in pats]) if pats else (
-            np.zeros((0,), np.float16))
-        return cls(
-            root=root,
-            patient_ids=[p["id"] for p in pats],
-            labels=[p["label"] for p in pats],
-            volumes=vols,
-            rows=[p["clinical"] for p in pats],
-            has_box=[bool(p["has_box"]) for p in pats],
-            crop=CropConfig(**info["crop"]),
-            report=info["report"],
-            info=info,
-        )
+        try:
+            info = json.loads(index_path.read_text())
+            pats = info["patients"]
+            ids = [p["id"] for p in pats]
+            crop = CropConfig(**info["crop"])
+            fields = dict(labels=[p["label"] for p in pats], rows=[p["clinical"] for p in pats],
+                          has_box=[bool(p["has_box"]) for p in pats], report=info["report"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"root: {str(index_path)!r} is not a readable cache index "
+                             f"({type(err).__name__}: {err}); delete the folder to prepare again") from err
+        vols = []
+        for pid in ids:
+            path = root / "crops" / f"{pid}.npy"
+            try:
+                vol = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"root: crop {str(path)!r} listed in the index cannot be read "
+                                 f"({type(err).__name__}: {err}); delete the folder to prepare "
+                                 "again") from err
+            if vols and vol.shape != vols[0].shape:
+                raise ValueError(f"root: crop {str(path)!r} has shape {vol.shape}, the others "
+                                 f"{vols[0].shape}; delete the folder to prepare again")
+            vols.append(vol)
+        return cls(root=root, patient_ids=ids,
+                   volumes=np.stack(vols) if vols else np.zeros((0,), np.float16),
+                   crop=crop, info=info, **fields)
 
 
 def _plain(value: Any) -> Any:

@@ -43,8 +43,9 @@ class CropConfig:
             PET series).
 
     Raises:
-        ValueError: a non-positive size, ``crop > resize``, a negative margin, or
-            ``hu_max <= hu_min``.
+        ValueError: a size or margin that is not an int, a non-positive size,
+            ``crop > resize``, a negative margin, a non-finite window, ``hu_max <= hu_min``,
+            or a ``pet`` that is not a bool.
 
     Example:
         >>> cfg = CropConfig(depth=8, resize=128, crop=24, margin=4)
@@ -61,15 +62,26 @@ class CropConfig:
     pet: bool = False
 
     def __post_init__(self):
-        for name in ("depth", "resize", "crop"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be a positive int, got {getattr(self, name)!r}")
+        for name in ("depth", "resize", "crop", "margin"):
+            value = getattr(self, name)
+            if name == "margin" and value is None:
+                continue
+            # 2.5 or True would pass int() and shape every crop differently than asked.
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name}: must be an int, got {value!r}")
+            if value < (0 if name == "margin" else 1):
+                raise ValueError(f"{name}: must be {'>= 0' if name == 'margin' else 'a positive int'}, "
+                                 f"got {value!r}")
         if self.crop > self.resize:
             raise ValueError(f"crop: {self.crop} is larger than resize={self.resize}")
-        if self.margin is not None and self.margin < 0:
-            raise ValueError(f"margin: must be >= 0, got {self.margin}")
+        for name in ("hu_min", "hu_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value!r}")
         if not self.hu_max > self.hu_min:
             raise ValueError(f"hu_max: must exceed hu_min, got {self.hu_min}, {self.hu_max}")
+        if not isinstance(self.pet, bool):
+            raise ValueError(f"pet: must be True or False, got {self.pet!r}")
 
     @property
     def pad(self) -> int:
@@ -219,7 +231,8 @@ def crop_volume(
         else:
             if pet.shape != ct.hu.shape:
                 raise ValueError(f"pet: shape {pet.shape} differs from the CT's {ct.hu.shape}")
-            scale = float(np.percentile(pet, 99.5)) or 1.0
+            scale = float(np.percentile(pet, 99.5))
+            scale = scale if np.isfinite(scale) and scale > 0 else 1.0  # empty or negative PET
             chans.append((torch.from_numpy(pet[idx].astype(np.float32)) / scale).clamp(0.0, 2.0))
     vol = torch.stack(chans)  # [C, depth, H, W]
     if (h, w) != (config.resize, config.resize):

@@ -186,7 +186,10 @@ def _list_files(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]
         folder = Path(folder_or_files)
         if not folder.is_dir():
             raise ValueError(f"folder: {str(folder)!r} is not a directory")
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+        except OSError as err:
+            raise ValueError(f"folder: cannot list {str(folder)!r} ({err})") from err
     return [Path(p) for p in folder_or_files]
 
 

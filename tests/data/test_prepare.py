@@ -257,3 +257,32 @@ def test_prepare_index_lists_what_the_scan_left_out(quirky_phantom, tmp_path):
     skipped = data.info["scan_skipped"]
     assert [why for _, why in skipped if why.startswith("unreadable")] == ["unreadable DICOM: InvalidDicomError"]
     assert data.info["patients_without_ct"] == [] and data.info["empty_patient_folders"] == []
+
+
+@pytest.mark.parametrize("field, value", [("depth", 2.5), ("resize", True), ("margin", 1.5),
+                                          ("hu_max", float("inf")), ("hu_min", float("nan")),
+                                          ("pet", "yes")])
+def test_crop_config_rejects_ill_typed_fields(field, value):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        CropConfig(**{field: value})
+
+
+def test_negative_pet_is_not_flipped_into_uptake():
+    ct = _ct(d=2, h=8, w=8)
+    out = crop_volume(ct, None, CropConfig(depth=2, resize=8, crop=8, margin=0, pet=True),
+                      pet=-np.ones((2, 8, 8), np.float32))
+    assert out[1].max() == 0.0
+
+
+def test_damaged_cache_is_a_clear_error_naming_the_file(phantom, tmp_path):
+    data = _prepare(phantom, tmp_path)
+    index = tmp_path / "index.json"
+    text = index.read_text()
+    index.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="index.json.*not a readable cache index"):
+        PreparedData.load(tmp_path)
+    index.write_text(text)
+    crop = tmp_path / "crops" / f"{data.patient_ids[0]}.npy"
+    crop.write_bytes(crop.read_bytes()[:40])
+    with pytest.raises(ValueError, match=f"{data.patient_ids[0]}.npy.*cannot be read"):
+        PreparedData.load(tmp_path)
