@@ -106,3 +106,32 @@ def test_input_and_encoder_errors():
         KANLinear(3, 2)(torch.randn(2, 4))
     with pytest.raises(ValueError, match="dims"):
         KANEncoder((7,))
+
+
+def _uniform_cubic(u: torch.Tensor) -> torch.Tensor:
+    """The uniform cubic B-spline on [0, 4), piece by piece (no recursion)."""
+    out = torch.zeros_like(u)
+    pieces = [
+        (0, 1, u**3 / 6),
+        (1, 2, (-3 * u**3 + 12 * u**2 - 12 * u + 4) / 6),
+        (2, 3, (3 * u**3 - 24 * u**2 + 60 * u - 44) / 6),
+        (3, 4, (4 - u) ** 3 / 6),
+    ]
+    for lo, hi, value in pieces:
+        out = torch.where((u >= lo) & (u < hi), value, out)
+    return out
+
+
+def test_published_grid_minus_one_to_one_in_float64():
+    # The published KAN: 5 intervals on (-1, 1), cubic, so knots -1 + 0.4 j for j = -3..8.
+    torch.manual_seed(0)
+    layer = KANLinear(3, 2, grid_size=5, spline_order=3, grid_range=(-1, 1)).double()
+    with torch.no_grad():
+        layer.spline_weight.normal_()
+    x = torch.tensor([[-1.5, -0.3, 0.0], [0.99, 1.7, -2.3], [0.2, -0.95, 0.61]], dtype=torch.float64)
+    h = 0.4
+    starts = -1 + h * torch.arange(-3, 5, dtype=torch.float64)  # left knot of each of the 8 bases
+    bases = _uniform_cubic((x.unsqueeze(-1) - starts) / h)  # [B, in, 8]
+    want = torch.nn.functional.silu(x) @ layer.base_weight.T + torch.einsum("bik,oik->bo", bases, layer.spline_weight)
+    torch.testing.assert_close(layer(x), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer.knots.double(), -1 + h * torch.arange(-3, 9, dtype=torch.float64))

@@ -108,3 +108,45 @@ def test_forward_errors(num, cat, kw, name):
     tok = TabularTokenizer(2, (3, 4), 5)
     with pytest.raises(ValueError, match=name):
         tok(num, cat, **kw)
+
+
+# ------------------------------------------------------------------ TabularKANEncoder
+def test_kan_encoder_scalars_fill_and_codes():
+    from mmscale.layers import TabularKANEncoder
+
+    torch.manual_seed(0)
+    enc = TabularKANEncoder(2, (2, 5, 1), out_dim=6).double()
+    with torch.no_grad():
+        enc.fill.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64))
+    num = torch.tensor([[0.5, float("nan")], [-1.0, 2.0]], dtype=torch.float64)
+    cat = torch.tensor([[1, -1, 0], [0, 4, -1]])
+    x, valid = enc.scalars(num, cat)
+    # Codes spread over [-1, 1] in code order (k = 5: 0 -> -1, 4 -> 1; k = 1: 0).
+    want = torch.tensor([[0.5, 0.2, 1.0, 0.4, 0.0], [-1.0, 2.0, -1.0, 1.0, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(x, want, rtol=0, atol=1e-15)
+    assert valid.tolist() == [[True, False, True, False, True], [True, True, True, True, False]]
+    vec, valid2 = enc(num, cat)
+    torch.testing.assert_close(vec, enc.kan(want))
+    assert torch.equal(valid, valid2) and vec.shape == (2, 6) and enc.out_dim == 6
+    # Missing values never poison the gradients.
+    enc(num, cat)[0].sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters())
+    # A whole table missing: the learned fill for every feature.
+    x_none, ok = enc.scalars(None, None, batch_size=2)
+    torch.testing.assert_close(x_none, enc.fill.detach().expand(2, 5))
+    assert not ok.any()
+    assert enc.kan.layers[0].grid_range == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="categorical"):
+        TabularKANEncoder(1, (0,), 4)
+    with pytest.raises(ValueError, match="no features"):
+        TabularKANEncoder(0, (), 4)
+    with pytest.raises(ValueError, match="numerical"):
+        enc(torch.zeros(2, 3, dtype=torch.float64), cat)
+
+
+def test_infinite_numerical_values_are_refused():
+    tok = TabularTokenizer(2, (3,), 4)
+    with pytest.raises(ValueError, match="numerical column 1 holds an infinite value"):
+        tok(torch.tensor([[0.0, float("inf")]]), torch.tensor([[0]]))
+    tokens, mask = tok(torch.tensor([[0.0, float("nan")]]), torch.tensor([[0]]))  # NaN = missing
+    assert mask.tolist() == [[True, False, True]] and torch.isfinite(tokens).all()
