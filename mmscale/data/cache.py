@@ -34,6 +34,8 @@ __all__ = [
 
 _INDEX = "index.json"
 _FORMAT = 2  # 2: sidecars and index list dropped slices and boxes
+# Skips that are whole series of other kinds (counted in the scan summary, not listed).
+_WHOLE_SERIES = ("Secondary Capture series", "series of SOP class")
 _REPORT_ITEMS = 50  # dropped items named in the text report (index.json lists them all)
 
 
@@ -287,6 +289,13 @@ def prepare(
     if failed:
         lines.append(f"{len(failed)} patient(s) dropped, CT could not be prepared:")
         lines += [f"  {f['id']}: {f['reason']}" for f in failed]
+    scan_files = [e for e in summary.skipped if not e[1].startswith(_WHOLE_SERIES)]
+    if scan_files:
+        lines.append(f"{len(scan_files)} file(s) or folder(s) the scan left out (all listed in "
+                     "index.json):")
+        lines += [f"  {path}: {why}" for path, why in scan_files[:_REPORT_ITEMS]]
+        if len(scan_files) > _REPORT_ITEMS:
+            lines.append(f"  ... and {len(scan_files) - _REPORT_ITEMS} more")
     lines += _dropped_lines(entries, "dropped_slices", "slice file(s) left out of the volumes")
     lines += _dropped_lines(entries, "dropped_boxes", "lesion box(es) not used")
     noted = [e for e in entries if e["notes"]]

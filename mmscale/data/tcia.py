@@ -404,8 +404,19 @@ def scan_tcia(
                 break
         if first is None:
             continue
-        pid = normalize_patient_id(first["patient_id"]) or _patient_id_from_path(folder, root)
+        header_pid = normalize_patient_id(first["patient_id"])
+        path_pid = _patient_id_from_path(folder, root)
+        if header_pid and path_pid and header_pid != path_pid:
+            # A file filed under the wrong patient: attributing it to either could be wrong.
+            why = (f"PatientID {first['patient_id']!r} in the header but the folder belongs to "
+                   f"{path_pid}")
+            warnings.warn(f"skipping series folder {str(folder)!r}: {why}", stacklevel=2)
+            summary.skipped.append((str(folder), f"patient mismatch: {why}"))
+            continue
+        pid = header_pid or path_pid
         if pid is None:
+            warnings.warn(f"skipping series folder {str(folder)!r}: no Lung_Dx patient ID in header "
+                          "or path", stacklevel=2)
             summary.skipped.append((str(folder), "no Lung_Dx patient ID in header or path"))
             continue
         seen_patients.add(pid)
@@ -426,6 +437,12 @@ def scan_tcia(
                 continue
             if h["sop_class_uid"] != CT_IMAGE_STORAGE:
                 summary.skipped.append((path, f"file of SOP class {h['sop_class_uid']} in a CT series"))
+                continue
+            other = normalize_patient_id(h["patient_id"])
+            if other is not None and other != pid:
+                why = f"PatientID {h['patient_id']!r} in a series of {pid}"
+                warnings.warn(f"skipping DICOM file {path!r}: {why}", stacklevel=2)
+                summary.skipped.append((path, f"patient mismatch: {why}"))
                 continue
             ct_series[pid][h["series_instance_uid"]].append((h, path))
 
@@ -503,6 +520,8 @@ def scan_tcia(
             record.notes.append("empty annotation folder")
         elif not boxes:
             record.notes.append(f"none of {n_xml} annotation file(s) is on a slice of the CT series")
+        if len(pet_files.get(pid, {})) > 1:
+            record.notes.append(f"{len(pet_files[pid])} PET series; the one with the most files is used")
         if not boxes:
             summary.patients_without_boxes.append(pid)
         patients[pid] = record

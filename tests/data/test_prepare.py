@@ -255,7 +255,9 @@ def test_prepare_report_names_every_dropped_slice(phantom, tmp_path):
 def test_prepare_index_lists_what_the_scan_left_out(quirky_phantom, tmp_path):
     data = _prepare(quirky_phantom, tmp_path)
     skipped = data.info["scan_skipped"]
-    assert [why for _, why in skipped if why.startswith("unreadable")] == ["unreadable DICOM: InvalidDicomError"]
+    unreadable = [(f, why) for f, why in skipped if why.startswith("unreadable")]
+    assert [why for _, why in unreadable] == ["unreadable DICOM: InvalidDicomError"]
+    assert f"{unreadable[0][0]}: unreadable DICOM" in data.report  # named, not only counted
     assert data.info["patients_without_ct"] == [] and data.info["empty_patient_folders"] == []
 
 

@@ -202,3 +202,21 @@ def test_read_annotations_leaves_out_non_finite_boxes_with_a_warning(tmp_path):
     (tmp_path / "dir.xml").mkdir()
     with pytest.raises(ValueError, match="dir.xml.*cannot be read"):
         read_annotations(tmp_path / "dir.xml")
+
+
+def test_series_filed_under_another_patient_is_skipped_not_misattributed(phantom, tmp_path):
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(phantom.data_dir / COLLECTION, root / COLLECTION)
+    a1, a2 = (root / COLLECTION / "Lung_Dx-A0001"), (root / COLLECTION / "Lung_Dx-A0002")
+    series = next(p for p in a2.rglob("*") if p.is_dir() and list(p.glob("*.dcm")))
+    stray = next(p for p in a1.iterdir() if p.is_dir()) / "9.000000-stray-00000"
+    shutil.copytree(series, stray)
+    ref, _ = scan_tcia(phantom.data_dir)
+    with pytest.warns(UserWarning, match="9.000000-stray.*belongs to A0001"):
+        patients, summary = scan_tcia(root)
+    assert (str(stray), "patient mismatch: PatientID 'Lung_Dx-A0002' in the header but the folder "
+                        "belongs to A0001") in summary.skipped
+    assert patients["A0001"].ct_candidates == ref["A0001"].ct_candidates
+    assert len(patients["A0002"].ct_files) == len(ref["A0002"].ct_files)
