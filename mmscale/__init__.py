@@ -6,6 +6,7 @@ Public names are re-exported here explicitly; see ``mmscale.layers``,
 
 __version__ = "0.1.0"
 
+from mmscale.interop import SlicesLast, from_monai, to_monai
 from mmscale.layers import (
     BidirectionalPyramid3d,
     ChannelAttention3d,
@@ -56,4 +57,7 @@ __all__ = [
     "MMCAFNetConfig",
     "BinaryFocalLoss",
     "binary_focal_loss",
+    "SlicesLast",
+    "from_monai",
+    "to_monai",
 ]
