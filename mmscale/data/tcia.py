@@ -34,7 +34,7 @@ __all__ = [
     "scan_tcia",
 ]
 
-#: Histology by the patient ID letter (DATASET.md): the label never comes from the XML.
+#: Histology by the patient ID letter: the label never comes from the XML.
 CLASS_NAMES = {
     "A": "adenocarcinoma",
     "B": "small cell carcinoma",
@@ -47,6 +47,9 @@ _SOP_NAMES = {
     CT_IMAGE_STORAGE: "CT Image Storage",
     PET_IMAGE_STORAGE: "PET Image Storage",
     SECONDARY_CAPTURE: "Secondary Capture",
+    # Multi-frame classes are not read (one file per volume); named so the summary says so.
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage (multi-frame, not read)",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage (multi-frame, not read)",
 }
 
 
@@ -427,7 +430,8 @@ def scan_tcia(
             continue
         if sop != CT_IMAGE_STORAGE:
             why = ("Secondary Capture series (fused PET/CT, says Modality=CT)"
-                   if sop == SECONDARY_CAPTURE else f"series of SOP class {sop or '?'}")
+                   if sop == SECONDARY_CAPTURE else
+                   f"series of SOP class {_SOP_NAMES.get(sop, sop or '?')}")
             summary.skipped.append((str(folder), f"{why}, not a CT volume"))
             continue
         ct_series[pid][first["series_instance_uid"]].append((first, files[first_i]))

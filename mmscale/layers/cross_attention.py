@@ -1,4 +1,4 @@
-"""Cross-attention between volume and table tokens, at several scales (DESIGN section 4).
+"""Cross-attention between volume and table tokens, at several scales.
 
 Key masks follow PyTorch's ``nn.MultiheadAttention`` convention: a
 ``key_padding_mask`` (or ``table_padding_mask``) is True where a key is padding and
@@ -465,7 +465,7 @@ class MultiScaleVectorCrossAttention(nn.Module):
 
 
 class MultiScaleCrossAttention(nn.Module):
-    """Bidirectional volume <-> table cross-attention over pyramid levels (DESIGN section 4).
+    """Bidirectional volume <-> table cross-attention over pyramid levels.
 
     For scale ``s`` (pyramid level ``s``, finest first): the level's feature map is
     average-pooled to a small token grid, layer-normed and projected to ``dims[s]``
@@ -489,7 +489,8 @@ class MultiScaleCrossAttention(nn.Module):
 
     Shapes:
         volume_features: list of [B, C_s, D_s, H_s, W_s]; table_tokens: [B, F, tabular_dim];
-        table_padding_mask: [B, F]; volume_present: [B] -> [B, dims[0]]
+        table_padding_mask: [B, F]; volume_present: [B] -> [B, out_dim], where
+        ``out_dim`` is ``dim`` (``dim[0]`` when ``dim`` gives one width per scale)
 
     Raises:
         ValueError: invalid arguments, or inputs that do not match them.
@@ -600,7 +601,8 @@ class MultiScaleCrossAttention(nn.Module):
                 ``TypeError``, so an old call is never silently inverted.
 
         Returns:
-            torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]: fused [B, dims[0]].
+            torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]: fused [B, out_dim]
+            (``out_dim`` is ``dim``, or ``dim[0]`` for one width per scale).
 
         Raises:
             TypeError: the removed ``table_mask`` argument, or any unknown keyword.

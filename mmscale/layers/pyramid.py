@@ -1,4 +1,4 @@
-"""Bidirectional feature pyramid with 3D multi-scale convolutional attention (DESIGN section 5)."""
+"""Bidirectional feature pyramid with 3D multi-scale convolutional attention."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MMCAF-Net: 3D pyramid backbone + bidirectional E3D-MSCA neck + multi-scale cross-attention.
 
-Data flow (DESIGN section 5): volume -> :class:`PyramidBackbone3d` -> per-level
+Data flow: volume -> :class:`PyramidBackbone3d` -> per-level
 BN + ReLU + Dropout -> :class:`BidirectionalPyramid3d` -> fusion with the clinical table
 -> classifier head. Two fusion paths:
 

@@ -19,7 +19,7 @@ from mmscale.data import PAPER_FEATURES, TableSchema, read_clinical  # noqa: E40
 
 HEADER = ("No.,NewPatientID,Sex,Age,weight (kg),T-Stage,N-Stage,\uff2d-Stage,"
           "Histopathological grading,Smoking History\n")
-# The first rows of the real sheet (DATASET.md), plus one with a leading space and gaps.
+# The first rows of the real sheet, plus one with a leading space and gaps.
 ROWS = ("1,A0001,M,58.0,65.0,2b,3,1b,G3,1\n"
         "2,A0002,F,53.0,55.0,2b,1,0,NaN,0\n"
         "3,G0001,M,,70,is,0,1, G1,1\n")

@@ -220,3 +220,26 @@ def test_series_filed_under_another_patient_is_skipped_not_misattributed(phantom
                         "belongs to A0001") in summary.skipped
     assert patients["A0001"].ct_candidates == ref["A0001"].ct_candidates
     assert len(patients["A0002"].ct_files) == len(ref["A0002"].ct_files)
+
+
+def test_enhanced_ct_series_is_named_in_the_scan(phantom, tmp_path):
+    import shutil
+
+    import pydicom
+
+    root = tmp_path / "tree"
+    pdir = phantom.data_dir / COLLECTION / "Lung_Dx-A0002"
+    shutil.copytree(pdir, root / COLLECTION / pdir.name)
+    for f in (root / COLLECTION).rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        if ds.SOPClassUID == CT_IMAGE_STORAGE:
+            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+            ds.save_as(f)
+    with pytest.raises(ValueError, match="Enhanced CT Image Storage \\(multi-frame, not read\\)"):
+        _quiet_scan(root)
+
+
+def _quiet_scan(root):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return scan_tcia(root)

@@ -17,7 +17,7 @@ def test_paper_pyramid_shapes_and_parameter_count():
         net = PyramidBackbone3d(in_channels=1, stem_in_channels=3)
         feats = net(torch.empty(2, 1, 12, 192, 192))
     assert [tuple(f.shape) for f in feats] == [(2, 256, 6, 48, 48), (2, 512, 3, 24, 24), (2, 1024, 2, 12, 12)]
-    assert sum(p.numel() for p in net.parameters()) == 10_502_896  # DESIGN: "about 10.5 M"
+    assert sum(p.numel() for p in net.parameters()) == 10_502_896  # "about 10.5 M" for the paper preset
     assert net.stem[0].in_channels == 3 and net.stem[0].kernel_size == (7, 7, 7)
     assert net.out_channels == (256, 512, 1024)
     assert [len(s) for s in net.stages] == [3, 4, 6]
