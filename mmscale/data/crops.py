@@ -210,7 +210,8 @@ def crop_volume(
         Slices beyond the volume repeat the edge slice; pixels beyond it are 0.
 
     Raises:
-        ValueError: ``pet`` is given but its shape differs from the CT's.
+        ValueError: ``pet`` is given but its shape differs from the CT's, or ``center``
+            is not finite or lies more than one volume size outside the volume.
 
     Example:
         >>> crop_volume(ct, None, CropConfig(depth=4, resize=64, crop=32)).shape  # doctest: +SKIP
@@ -219,7 +220,11 @@ def crop_volume(
     d, h, w = ct.hu.shape
     if center is None:
         center = ((d - 1) / 2.0, (h - 1) / 2.0, (w - 1) / 2.0)
-    cz, cy, cx = center
+    cz, cy, cx = (float(v) for v in center)
+    # A centre far outside the volume would make the zero padding (and memory) explode.
+    if not all(np.isfinite(v) and -n <= v <= 2 * n for v, n in ((cz, d), (cy, h), (cx, w))):
+        raise ValueError(f"center: {tuple(center)} is not finite or lies far outside the volume "
+                         f"of shape {(d, h, w)}")
     first = int(round(cz)) - config.depth // 2
     idx = np.clip(np.arange(first, first + config.depth), 0, d - 1)
     hu = torch.from_numpy(np.ascontiguousarray(ct.hu[idx], dtype=np.float32))

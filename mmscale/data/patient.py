@@ -61,7 +61,7 @@ def _describe(box: Box) -> str:
 
 
 def _usable_boxes(ct: CTSeries, boxes: list[Box], dropped: list[tuple[str, str]]) -> list[Box]:
-    """Boxes with finite corners, positive area, on a slice of ``ct`` and inside its image."""
+    """Boxes with finite corners, positive area, on a slice of ``ct``, centred in its image."""
     _, h, w = ct.hu.shape
     out = []
     for b in boxes:
@@ -72,8 +72,8 @@ def _usable_boxes(ct: CTSeries, boxes: list[Box], dropped: list[tuple[str, str]]
             dropped.append((_describe(b), "zero area"))
         elif ct.slice_index(b.sop_instance_uid) is None:
             dropped.append((_describe(b), "its slice is not in the loaded CT volume"))
-        elif b.xmax <= 0 or b.ymax <= 0 or b.xmin >= w or b.ymin >= h:
-            dropped.append((_describe(b), f"outside the {w}x{h} slice"))
+        elif not (0 <= (b.xmin + b.xmax) / 2 < w and 0 <= (b.ymin + b.ymax) / 2 < h):
+            dropped.append((_describe(b), f"its centre lies outside the {w}x{h} slice"))
         else:
             out.append(b)
     return out
@@ -89,7 +89,7 @@ def crop_patient(
 
     The lesion centre comes from the record's boxes (:func:`mmscale.data.lesion_center`);
     boxes with a non-finite corner, no area, a slice missing from the loaded volume or
-    lying outside the image are left out and listed. With ``crop.pet`` the PET series is
+    a centre outside the image are left out and listed. With ``crop.pet`` the PET series is
     resampled onto the CT grid; a patient without a usable PET series gets a zero PET
     channel, with a note and a warning.
 

@@ -206,15 +206,17 @@ def test_crop_patient_without_a_usable_box_needs_center_fallback(phantom):
 
     patients, _ = scan_tcia(phantom.data_dir, phantom.annotations)
     rec = next(r for r in patients.values() if r.boxes)
-    bad = dataclasses.replace(rec, boxes=[Box("1.2.3.4", 1.0, 1.0, 5.0, 5.0),
-                                          Box(rec.boxes[0].sop_instance_uid, 3.0, 3.0, 3.0, 9.0)])
+    on = rec.boxes[0].sop_instance_uid
+    bad = dataclasses.replace(rec, boxes=[Box("1.2.3.4", 1.0, 1.0, 5.0, 5.0), Box(on, 3.0, 3.0, 3.0, 9.0),
+                                          Box(on, -60000.0, 1.0, 10.0, 5.0), Box(on, 1.0, float("inf"), 5.0, 5.0)])
     with pytest.raises(ValueError, match=f"{rec.patient_id}.*center_fallback"):
         crop_patient(bad, CROP)
     with pytest.warns(UserWarning, match=f"patient {rec.patient_id}.*centre"):
         pc = crop_patient(bad, CROP, center_fallback=True)
     assert not pc.lesion_centred and pc.center is None
-    assert [why for _, why in pc.dropped_boxes] == ["its slice is not in the loaded CT volume",
-                                                    "zero area"]
+    assert [why for _, why in pc.dropped_boxes] == ["its slice is not in the loaded CT volume", "zero area",
+                                                    "its centre lies outside the 48x48 slice",
+                                                    "non-finite corner"]
     centred = crop_patient(rec, CROP)
     assert centred.lesion_centred and centred.dropped_boxes == []
 
@@ -288,3 +290,12 @@ def test_damaged_cache_is_a_clear_error_naming_the_file(phantom, tmp_path):
     crop.write_bytes(crop.read_bytes()[:40])
     with pytest.raises(ValueError, match=f"{data.patient_ids[0]}.npy.*cannot be read"):
         PreparedData.load(tmp_path)
+
+
+def test_crop_volume_refuses_a_centre_far_outside_the_volume():
+    ct = _ct(d=2, h=8, w=8)
+    cfg = CropConfig(depth=2, resize=8, crop=8, margin=0)
+    for center in ((0.0, 1e6, 4.0), (0.0, 4.0, float("nan")), (-100.0, 4.0, 4.0)):
+        with pytest.raises(ValueError, match="center"):
+            crop_volume(ct, center, cfg)
+    assert crop_volume(ct, (0.0, -3.0, 12.0), cfg).shape == (1, 2, 8, 8)  # near the edge: padded
