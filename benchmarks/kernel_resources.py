@@ -48,6 +48,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature  # no
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_json  # noqa: E402
+from mmscale.ops.batch_norm import BatchNormStep  # noqa: E402
 from mmscale.ops.gating import triton as gating  # noqa: E402
 from mmscale.ops.msdc import triton as msdc  # noqa: E402
 
@@ -99,8 +100,8 @@ def _record(case) -> list[tuple[JITFunction, tuple, dict]]:
             betas = [torch.zeros(e, dtype=dtype, requires_grad=train) for _ in ks]
             means = [torch.zeros(e, dtype=dtype) for _ in ks]
             varis = [torch.ones(e, dtype=dtype) for _ in ks]
-            y = msdc.multiscale_depthwise_conv3d_triton(x, weights, gammas, betas, means, varis,
-                                                        train, 0.1, 1e-5, combine)
+            steps = [BatchNormStep(*p, train, 0.1, 1e-5) for p in zip(gammas, betas, means, varis, strict=True)]
+            y = msdc.multiscale_depthwise_conv3d_triton(x, weights, steps, combine)
             v = torch.randn(b, c, d, h, w, dtype=dtype).contiguous(memory_format=cl).requires_grad_(train)
             avg, mx = gating.channel_pool_triton(v)
             gc = torch.sigmoid(avg + mx).reshape(b, c, 1, 1, 1).detach().requires_grad_(train)

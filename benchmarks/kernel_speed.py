@@ -91,8 +91,13 @@ def _msdc_inputs(shape, dtype, seed=0):
 def _msdc_step(fn, h, ws, gs, bs, means, varis, train: bool, dy, **kw):
     """One call of an msdc implementation (plus its backward when training)."""
 
+    from mmscale.ops.batch_norm import BatchNormState
+
+    states = [BatchNormState(g, b, m, v, None, train, 0.1, 1e-5)
+              for g, b, m, v in zip(gs, bs, means, varis, strict=True)]
+
     def step():
-        y = fn(h, ws, gs, bs, means, varis, train, 0.1, 1e-5, **kw)
+        y = fn(h, ws, states, **kw)
         if train:
             y.backward(dy)
 

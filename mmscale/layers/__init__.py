@@ -3,10 +3,7 @@
 from mmscale.layers.attention import (
     ChannelAttention3d,
     MultiScaleConvAttention3d,
-    MultiScaleConvBlock3d,
-    MultiScaleDepthwiseConv3d,
     SpatialAttention3d,
-    UpConv3d,
 )
 from mmscale.layers.backbone import GroupedBottleneck3d, PyramidBackbone3d
 from mmscale.layers.cross_attention import (
@@ -17,6 +14,11 @@ from mmscale.layers.cross_attention import (
 )
 from mmscale.layers.drop_path import DropPath
 from mmscale.layers.kan import KANEncoder, KANLinear
+from mmscale.layers.multiscale_conv import (
+    MultiScaleConvBlock3d,
+    MultiScaleDepthwiseConv3d,
+    UpConv3d,
+)
 from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedFusion3d
 from mmscale.layers.squeeze_excitation import SqueezeExcitation3d
 from mmscale.layers.tabular import TabularKANEncoder, TabularTokenizer

@@ -1,6 +1,6 @@
 """Backend selection shared by every op.
 
-Order (DESIGN.md section 2): an explicit ``backend=`` on the layer, else the
+Order: an explicit ``backend=`` on the layer, else the
 ``MMSCALE_BACKEND`` environment variable, else ``"auto"``: Triton for CUDA tensors
 when Triton imports, PyTorch otherwise. An explicit ``"triton"`` request that cannot
 be honoured falls back to PyTorch with one warning per op, or raises when
@@ -144,13 +144,49 @@ def triton_unavailable_reason(x: torch.Tensor, has_kernel: bool = True) -> str |
     return f"tensors on {x.device.type!r} need CUDA (or TRITON_INTERPRET=1 for CPU tensors)"
 
 
+def select_backend(backend: str, x: torch.Tensor, op: str, reason: str | None) -> str:
+    """The one backend decision: ``"triton"`` or ``"torch"`` for ``op`` on ``x``.
+
+    ``"auto"`` picks Triton for CUDA tensors the op supports and PyTorch otherwise,
+    silently. An explicit ``"triton"`` that cannot run warns once (per op and reason)
+    or raises under ``MMSCALE_STRICT=1`` (:func:`fallback`).
+
+    Args:
+        backend (str): ``"auto"`` (defers to ``MMSCALE_BACKEND``), ``"torch"`` or ``"triton"``.
+        x (torch.Tensor): the op's main input, e.g. a volume [B, C, D, H, W].
+        op (str): the op's name, used in the fallback message.
+        reason (str | None): why the op's kernels cannot run these arguments (the op's
+            ``supports(...)``), or None when they can.
+
+    Returns:
+        str: ``"torch"`` or ``"triton"``.
+
+    Raises:
+        ValueError: for an unknown backend name.
+        RuntimeError: when ``"triton"`` was requested explicitly, ``reason`` is not
+            None and ``MMSCALE_STRICT=1``.
+
+    Example:
+        >>> select_backend("torch", torch.zeros(1), op="demo", reason=None)
+        'torch'
+    """
+    wanted = requested_backend(backend)
+    if wanted == "torch":
+        return "torch"
+    if reason is None:
+        return "triton" if wanted == "triton" or x.is_cuda else "torch"
+    if wanted == "triton":
+        fallback(op, reason)
+    return "torch"
+
+
 def resolve_backend(backend: str, x: torch.Tensor, op: str, has_kernel: bool = True) -> str:
-    """Pick the implementation that runs: ``"torch"`` or ``"triton"``.
+    """:func:`select_backend` with the device-level reason only (Triton present, tensor placement).
 
     Args:
         backend (str): the layer's ``backend=`` argument (``"auto"`` defers to
             ``MMSCALE_BACKEND``).
-        x (torch.Tensor): the op's main input (its device decides ``"auto"``).
+        x (torch.Tensor): the op's main input, e.g. a volume [B, C, D, H, W].
         op (str): the op's name, used in the fallback warning.
         has_kernel (bool): whether the op has Triton kernels.
 
@@ -166,16 +202,7 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str, has_kernel: bool = T
         >>> resolve_backend("torch", torch.zeros(1), op="demo")
         'torch'
     """
-    wanted = requested_backend(backend)
-    if wanted == "torch":
-        return "torch"
-    reason = triton_unavailable_reason(x, has_kernel)
-    if wanted == "auto":
-        return "triton" if reason is None and x.is_cuda else "torch"
-    if reason is None:
-        return "triton"
-    fallback(op, reason, warn_key=op)
-    return "torch"
+    return select_backend(backend, x, op, triton_unavailable_reason(x, has_kernel))
 
 
 def sample_too_large(x: torch.Tensor) -> str | None:
@@ -222,6 +249,22 @@ def fallback(op: str, reason: str, warn_key: str | None = None) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def kernels_reason(module: str) -> str | None:
+    """Why the kernel module cannot be used (it failed to import), or None.
+
+    Args:
+        module (str): dotted module name, e.g. ``"mmscale.ops.gating.triton"``.
+
+    Returns:
+        str | None: a reason for :func:`select_backend`, or None.
+
+    Example:
+        >>> kernels_reason("mmscale.ops.no_such_module")
+        'the Triton kernels failed to import'
+    """
+    return None if load_kernels(module) is not None else "the Triton kernels failed to import"
+
+
 _KERNEL_MODULES: dict[str, object] = {}  # a plain dict, not lru_cache: Dynamo traces it
 
 
@@ -259,7 +302,4 @@ def cpu_autocast_enabled() -> bool:
         >>> cpu_autocast_enabled()
         False
     """
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
+    return torch.is_autocast_enabled("cpu")

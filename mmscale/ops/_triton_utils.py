@@ -30,10 +30,8 @@ _F = TypeVar("_F", bound=Callable)
 __all__ = [
     "block_override",
     "cdiv",
-    "compiling",
     "empty",
     "empty_like",
-    "has_custom_op",
     "on_tensor_device",
     "offset_5d",
     "pick_block",
@@ -94,29 +92,6 @@ def on_tensor_device(launcher: _F) -> _F:
             return launcher(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def has_custom_op() -> bool:
-    """Whether ``torch.library.custom_op`` exists (torch >= 2.4): the ops are then traceable.
-
-    Example:
-        >>> isinstance(has_custom_op(), bool)
-        True
-    """
-    return hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
-
-
-def compiling() -> bool:
-    """Whether Dynamo is tracing the caller (False on torch versions without the query).
-
-    Example:
-        >>> compiling()
-        False
-    """
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:
-        return False
 
 
 def block_override(block_s: int | None, block_c: int | None) -> tuple[int | None, int | None]:

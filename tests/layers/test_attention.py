@@ -10,14 +10,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.naive import (
-    NaiveChannelAttention3d,
-    NaiveMultiScaleConvAttention3d,
-    NaiveMultiScaleConvBlock3d,
-    NaiveMultiScaleDepthwiseConv3d,
-    NaiveSpatialAttention3d,
-    NaiveUpConv3d,
-)
 from mmscale import (
     ChannelAttention3d,
     MultiScaleConvAttention3d,
@@ -25,6 +17,14 @@ from mmscale import (
     MultiScaleDepthwiseConv3d,
     SpatialAttention3d,
     UpConv3d,
+)
+from mmscale.layers.reference import (
+    NaiveChannelAttention3d,
+    NaiveMultiScaleConvAttention3d,
+    NaiveMultiScaleConvBlock3d,
+    NaiveMultiScaleDepthwiseConv3d,
+    NaiveSpatialAttention3d,
+    NaiveUpConv3d,
 )
 from tests.helpers import (
     assert_close,
@@ -429,3 +429,26 @@ def test_numpy_integer_sizes_are_accepted():
     np = pytest.importorskip("numpy")
     layer = MultiScaleConvAttention3d(np.int64(8), expansion=np.int32(2))
     assert layer.channels == 8 and isinstance(layer.channels, int)
+
+
+def test_hook_on_a_nested_layer_sees_its_call():
+    """The hook fallback calls nested layers as modules, so a hook on the depthwise stage fires too."""
+    block = MultiScaleConvBlock3d(4, backend="torch")
+    calls = []
+    block.dwconv.register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
+    block(torch.randn(2, 4, 2, 5, 5))
+    assert calls == [(2, 8, 2, 5, 5)]
+
+
+def test_the_block_decides_each_backend_once_per_call(monkeypatch):
+    """One decision per op family in forward; the ops below get the resolved name and stay silent."""
+    from mmscale.ops import _dispatch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    layer = MultiScaleConvAttention3d(4, backend="triton")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(torch.randn(1, 4, 2, 4, 4))
+    ops = sorted(str(w.message).split(":")[1].strip() for w in caught)
+    assert ops == ["gating", "multiscale_depthwise_conv3d"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmscale.ops import _dispatch
-from mmscale.ops._dispatch import check_backend, requested_backend, resolve_backend
+from mmscale.ops._dispatch import check_backend, requested_backend, resolve_backend, select_backend
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +62,40 @@ def test_cpu_tensor_runs_triton_only_under_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.warns(RuntimeWarning, match="CUDA"):
         assert resolve_backend("triton", x, op="cpu") == "torch"
+
+
+def test_select_backend_follows_the_ops_reason(monkeypatch):
+    x = torch.zeros(1)
+    assert select_backend("triton", x, op="demo", reason=None) == "triton"
+    assert select_backend("auto", x, op="demo", reason=None) == "torch"  # auto: CUDA tensors only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto falls back silently
+        assert select_backend("auto", x, op="demo", reason="stride 2") == "torch"
+    with pytest.warns(RuntimeWarning, match="demo: backend='triton' requested but stride 2"):
+        assert select_backend("triton", x, op="demo", reason="stride 2") == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per op and reason
+        select_backend("triton", x, op="demo", reason="stride 2")
+    with pytest.warns(RuntimeWarning, match="float64"):
+        select_backend("triton", x, op="demo", reason="dtype float64")
+    monkeypatch.setenv("MMSCALE_STRICT", "1")
+    with pytest.raises(RuntimeError, match="stride 2"):
+        select_backend("triton", x, op="demo", reason="stride 2")
+
+
+def test_each_op_publishes_why_its_kernels_cannot_run(monkeypatch):
+    from mmscale.ops import gating, msdc
+
+    x = torch.zeros(1, 2, 3, 3, 3)
+    w3 = torch.zeros(2, 1, 3, 3, 3)
+    assert "stride" in msdc.supports(x, [w3], stride=(1, 2, 2))
+    assert "5 branches" in msdc.supports(x, [w3] * 5)
+    assert "even kernel size" in msdc.supports(x, [torch.zeros(2, 1, 2, 3, 3)])
+    assert "float64" in msdc.supports(x.double(), [w3])
+    assert "combine" in msdc.supports(x, [w3], combine="stack")
+    assert "float64" in gating.supports(x, torch.zeros(1, 2, 1, 1, 1, dtype=torch.float64))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "CUDA" in msdc.supports(x, [w3]) and "CUDA" in gating.supports(x)
+    if _dispatch.triton_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert msdc.supports(x, [w3]) is None and gating.supports(x) is None

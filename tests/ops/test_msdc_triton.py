@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmscale.ops import _dispatch
+from mmscale.ops.batch_norm import BatchNormState
 from mmscale.ops.msdc import multiscale_depthwise_conv3d, multiscale_depthwise_conv3d_reference
 from tests.ops.conftest import DEVICES
 
@@ -63,11 +64,17 @@ def _close(actual, expected, dtype, kind, what):
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
+def _states(gammas, betas, means, varis, train, momentum=0.1, eps=1e-5):
+    """One ``BatchNormState`` per branch (no batch counter)."""
+    return [BatchNormState(g, b, m, v, None, train, momentum, eps)
+            for g, b, m, v in zip(gammas, betas, means, varis, strict=True)]
+
+
 def _run(fn, h, params, train, combine, **kw):
     """One forward + backward; returns output, gradients [h, w..., gamma..., beta...], running stats."""
     weights, gammas, betas, means, varis = [[t.clone().requires_grad_(i < 3) for t in g] for i, g in enumerate(params)]
     h = h.detach().clone().requires_grad_()
-    y = fn(h, weights, gammas, betas, means, varis, train, 0.1, 1e-5, (1, 1, 1), combine, **kw)
+    y = fn(h, weights, _states(gammas, betas, means, varis, train), (1, 1, 1), combine, **kw)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device)
     grads = torch.autograd.grad((y.float() * dy).sum(), [h, *weights, *gammas, *betas])
     return y, grads, means + varis
@@ -117,8 +124,8 @@ def test_msdc_saves_only_input_and_per_channel_state(kernels_for, device):
     h = _input(shape, device, torch.float32).requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        multiscale_depthwise_conv3d(h, [w.requires_grad_() for w in weights], gammas, betas, means, varis,
-                                    True, 0.1, 1e-5, backend="triton")
+        multiscale_depthwise_conv3d(h, [w.requires_grad_() for w in weights],
+                                    _states(gammas, betas, means, varis, True), backend="triton")
     volume = [t for t in saved if t.dim() == 5 and t.shape[2:] == shape[2:]]
     assert len(volume) == 1 and volume[0].data_ptr() == h.data_ptr()
     # h + the packed filters + prm [6, NB, E]
@@ -147,8 +154,8 @@ def test_msdc_batch_of_one_value_raises(kernels_for):
 def test_msdc_bad_combine_raises():
     params = _params((1, 2, 1, 3, 3), (1,), "cpu")
     with pytest.raises(ValueError, match="combine"):
-        multiscale_depthwise_conv3d(torch.randn(1, 2, 1, 3, 3), *params[:3], params[3], params[4], False, 0.1,
-                                    1e-5, combine="stack", backend="torch")
+        multiscale_depthwise_conv3d(torch.randn(1, 2, 1, 3, 3), params[0], _states(*params[1:], False),
+                                    combine="stack", backend="torch")
 
 
 @pytest.mark.parametrize(
@@ -162,7 +169,7 @@ def test_msdc_unsupported_arguments_fall_back_loudly(kernels_for, monkeypatch, s
     params = _params((1, 2, 2, 4, 4), (1, 3), "cpu")
     params = [[t.to(dtype) for t in g] for g in params]
     h = torch.randn(1, 2, 2, 4, 4, dtype=dtype)
-    args = (h, *params[:3], params[3], params[4], False, 0.1, 1e-5, stride)
+    args = (h, params[0], _states(*params[1:], False), stride)
     with pytest.warns(RuntimeWarning, match=reason):
         y = multiscale_depthwise_conv3d(*args, backend="triton")
     torch.testing.assert_close(y, multiscale_depthwise_conv3d_reference(*args))
@@ -179,8 +186,7 @@ def test_msdc_auto_stays_on_torch_for_cpu_tensors(kernels_for, monkeypatch):
     params = _params((1, 2, 1, 3, 3), (1,), "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        multiscale_depthwise_conv3d(torch.randn(1, 2, 1, 3, 3), *params[:3], params[3], params[4], False,
-                                    0.1, 1e-5)
+        multiscale_depthwise_conv3d(torch.randn(1, 2, 1, 3, 3), params[0], _states(*params[1:], False))
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -205,6 +211,6 @@ def test_samples_beyond_int32_indexing_fall_back_loudly(kernels_for, monkeypatch
     huge = torch.zeros(1).expand(1, 2, 2**11, 2**10, 2**10)  # 2**31 voxels, no memory
     params = _params((1, 2, 1, 1, 1), (1,), "cpu")
     with pytest.raises(RuntimeError, match="below 2\\*\\*31"):
-        multiscale_depthwise_conv3d(huge, *params[:3], params[3], params[4], False, 0.1, 1e-5, backend="triton")
+        multiscale_depthwise_conv3d(huge, params[0], _states(*params[1:], False), backend="triton")
     with pytest.raises(RuntimeError, match="below 2\\*\\*31"):
         channel_pool(huge, backend="triton")

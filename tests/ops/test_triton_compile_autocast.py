@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmscale.ops.batch_norm import BatchNormState
 from mmscale.ops.gating import apply_gates, channel_pool, spatial_pool
 from mmscale.ops.msdc import multiscale_depthwise_conv3d, multiscale_depthwise_conv3d_reference
 from tests.ops.conftest import DEVICES
@@ -35,6 +36,10 @@ def _msdc_args(e=3, ks=(1, 3), seed=0, device="cpu"):
     return w, g, b, rm, rv
 
 
+def _states(g, b, rm, rv, train):
+    return [BatchNormState(*p, None, train, 0.1, 1e-5) for p in zip(g, b, rm, rv, strict=True)]
+
+
 def _block(x, w, g, b, rm, rv, backend, train=False):
     """A small attention-like composition of all four ops, with torch code in between."""
     avg, mx = channel_pool(x, backend=backend)
@@ -42,7 +47,7 @@ def _block(x, w, g, b, rm, rv, backend, train=False):
     pooled = spatial_pool(x, gc, backend=backend)
     gs = torch.sigmoid(pooled.sum(1, keepdim=True))
     y = apply_gates(x, gc, gs, backend=backend)
-    return multiscale_depthwise_conv3d(y, w, g, b, rm, rv, train, 0.1, 1e-5, backend=backend) * 0.5
+    return multiscale_depthwise_conv3d(y, w, _states(g, b, rm, rv, train), backend=backend) * 0.5
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -50,10 +55,6 @@ def _block(x, w, g, b, rm, rv, backend, train=False):
 def test_compile_fullgraph_matches_eager(kernels_for, train, device):
     kernels_for(device, "msdc")
     kernels_for(device, "gating")
-    from mmscale.ops._triton_utils import has_custom_op
-
-    if not has_custom_op():
-        pytest.skip("torch.library.custom_op needs torch >= 2.4")
     torch._dynamo.reset()
     w, g, b, rm, rv = _msdc_args(device=device)
     rm_c, rv_c = [t.clone() for t in rm], [t.clone() for t in rv]
@@ -82,11 +83,11 @@ def test_autocast_casts_msdc_input_like_conv3d(kernels_for, device, low):
     w, g, b, rm, rv = _msdc_args(device=device)
     h = torch.randn(1, 3, 2, 5, 4, device=device)
     with torch.autocast(device, dtype=low):
-        y = multiscale_depthwise_conv3d(h, w, g, b, rm, rv, False, 0.1, 1e-5, backend="triton")
+        y = multiscale_depthwise_conv3d(h, w, _states(g, b, rm, rv, False), backend="triton")
         y.float().sum().backward()
     assert y.dtype == low
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in (*w, *g, *b))
-    ref = multiscale_depthwise_conv3d_reference(h.to(low).float(), w, g, b, rm, rv, False, 0.1, 1e-5)
+    ref = multiscale_depthwise_conv3d_reference(h.to(low).float(), w, _states(g, b, rm, rv, False))
     tol = {"atol": 2e-2, "rtol": 1e-2} if low == torch.float16 else {"atol": 5e-2, "rtol": 2e-2}
     torch.testing.assert_close(y.float(), ref, **tol)
 

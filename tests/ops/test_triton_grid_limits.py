@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from mmscale.ops.batch_norm import BatchNormStep
+
 CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
 
@@ -44,10 +46,9 @@ def test_grids_fit_cuda_limits_for_large_volumes(kernels_for, monkeypatch):
     gs = torch.rand(1, 1, *shape[2:], requires_grad=True)
     gated = gating.apply_gates_triton(x, gc, gs)
     ws = [torch.randn(2, 1, k, k, k, requires_grad=True) for k in (1, 3, 5)]
-    ones = [torch.ones(2, requires_grad=True) for _ in ws]
-    zeros = [torch.zeros(2, requires_grad=True) for _ in ws]
-    y = msdc.multiscale_depthwise_conv3d_triton(x, ws, ones, zeros, [torch.zeros(2)] * 3, [torch.ones(2)] * 3,
-                                                True, 0.1, 1e-5)
+    steps = [BatchNormStep(torch.ones(2, requires_grad=True), torch.zeros(2, requires_grad=True), torch.zeros(2),
+                           torch.ones(2), True, 0.1, 1e-5) for _ in ws]
+    y = msdc.multiscale_depthwise_conv3d_triton(x, ws, steps, "add")
     outs = [avg, mx, pooled, gated, y]
     torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
     names = {name for name, _ in grids}

@@ -8,17 +8,16 @@ kernels when mmscale is imported would freeze that choice too early.
 
 from __future__ import annotations
 
-import importlib.util
 from types import ModuleType
 
 import torch
 
 from mmscale.ops._dispatch import (
-    fallback,
+    kernels_reason,
     load_kernels,
-    requested_backend,
-    resolve_backend,
     sample_too_large,
+    select_backend,
+    triton_unavailable_reason,
 )
 from mmscale.ops.gating.reference import (
     apply_gates_reference,
@@ -33,35 +32,38 @@ __all__ = [
     "channel_pool_reference",
     "spatial_pool",
     "spatial_pool_reference",
+    "supports",
 ]
 
-HAS_TRITON_KERNEL = importlib.util.find_spec("triton") is not None
-
+_KERNELS = "mmscale.ops.gating.triton"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _triton_module() -> ModuleType | None:
-    return load_kernels("mmscale.ops.gating.triton")
+def supports(x: torch.Tensor, *gates: torch.Tensor) -> str | None:
+    """Why the gating kernels cannot run on ``x`` and its gates, or None when they can.
 
+    Args:
+        x (torch.Tensor): volume [B, C, D, H, W].
+        *gates (torch.Tensor): the op's gates, e.g. [B, C, 1, 1, 1] and [B, 1, D, H, W].
 
-def _use_triton(backend: str, op: str, *tensors: torch.Tensor) -> ModuleType | None:
-    """The kernel module when ``op`` should run in Triton, else None (fallback warned).
+    Returns:
+        str | None: a human-readable reason, or None.
 
-    The module is imported only once the answer is ``"triton"``, so a CPU process
-    without ``TRITON_INTERPRET=1`` never decorates the kernels in compiled mode.
+    Example:
+        >>> supports(torch.zeros(1, 2, 3, 3, 3, dtype=torch.float64))
+        'dtype torch.float64 (the kernels support float32, float16, bfloat16)'
     """
-    has_kernel = HAS_TRITON_KERNEL and all(t.dtype in _KERNEL_DTYPES for t in tensors)
-    if resolve_backend(backend, tensors[0], op=op, has_kernel=has_kernel) != "triton":
-        return None
-    reason = sample_too_large(tensors[0])
-    if reason is not None:  # PyTorch instead; said aloud only when Triton was asked for by name
-        if requested_backend(backend) == "triton":
-            fallback(op, reason)
-        return None
-    kernels = _triton_module()
-    if kernels is None:  # Triton is present but the kernels failed to import
-        resolve_backend("triton", tensors[0], op=op, has_kernel=False)
-    return kernels
+    for t in (x, *gates):
+        if t.dtype not in _KERNEL_DTYPES:
+            return f"dtype {t.dtype} (the kernels support float32, float16, bfloat16)"
+    return triton_unavailable_reason(x) or sample_too_large(x) or kernels_reason(_KERNELS)
+
+
+def _kernels(backend: str, op: str, x: torch.Tensor, *gates: torch.Tensor) -> ModuleType | None:
+    """The kernel module when ``op`` runs in Triton, else None (a fallback is reported there)."""
+    if select_backend(backend, x, op, supports(x, *gates)) == "triton":
+        return load_kernels(_KERNELS)
+    return None
 
 
 def channel_pool(x: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +87,7 @@ def channel_pool(x: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, 
         >>> tuple(avg.shape)
         (2, 3)
     """
-    kernels = _use_triton(backend, "channel_pool", x)
+    kernels = _kernels(backend, "channel_pool", x)
     if kernels is not None:
         return kernels.channel_pool_triton(x)
     return channel_pool_reference(x)
@@ -112,7 +114,7 @@ def spatial_pool(x: torch.Tensor, channel_gate: torch.Tensor, backend: str = "au
         >>> tuple(spatial_pool(torch.randn(1, 3, 2, 4, 4), torch.ones(1, 3, 1, 1, 1)).shape)
         (1, 2, 2, 4, 4)
     """
-    kernels = _use_triton(backend, "spatial_pool", x, channel_gate)
+    kernels = _kernels(backend, "spatial_pool", x, channel_gate)
     if kernels is not None:
         return kernels.spatial_pool_triton(x, channel_gate)
     return spatial_pool_reference(x, channel_gate)
@@ -143,7 +145,7 @@ def apply_gates(
         >>> tuple(apply_gates(x, torch.ones(1, 3, 1, 1, 1), torch.ones(1, 1, 2, 4, 4)).shape)
         (1, 3, 2, 4, 4)
     """
-    kernels = _use_triton(backend, "apply_gates", x, channel_gate, spatial_gate)
+    kernels = _kernels(backend, "apply_gates", x, channel_gate, spatial_gate)
     if kernels is not None:
         return kernels.apply_gates_triton(x, channel_gate, spatial_gate)
     return apply_gates_reference(x, channel_gate, spatial_gate)

@@ -16,10 +16,10 @@ Numerics: loads are widened to float32 and all sums are float32; outputs are cas
 Reductions are deterministic: per-program partials written to a buffer, then one
 ``torch.sum`` / ``torch.amax``; no atomics.
 
-Autograd: one ``torch.autograd.Function`` per op in eager mode; under
-``torch.compile`` the same launchers run as ``torch.library`` custom ops
-(``mmscale::channel_pool``, ``mmscale::spatial_pool``, ``mmscale::apply_gates`` and
-their ``_bwd`` ops), so graphs need not break around them.
+Autograd: one entry per op for eager and compiled code alike, the ``torch.library``
+custom ops ``mmscale::channel_pool``, ``mmscale::spatial_pool``,
+``mmscale::apply_gates`` (and their ``_bwd`` ops) with registered backwards, so
+graphs need not break around them.
 
 Maximum gradients follow ``torch.amax``: the gradient is split evenly between all
 elements equal to the maximum (ties). The forward counts the ties while it reduces,
@@ -47,9 +47,6 @@ from mmscale.ops._triton_utils import (
 )
 
 __all__ = [
-    "ApplyGatesFunction",
-    "ChannelPoolFunction",
-    "SpatialPoolFunction",
     "apply_gates_triton",
     "channel_pool_triton",
     "spatial_pool_triton",
@@ -400,156 +397,121 @@ def _apply_gates_bwd(x, gc, gs, dy, block_s=None, block_c=None):
     return dx, pdgc.sum(1), dgs
 
 
-# -------------------------------------------------------------------- autograd glue
-# Eager mode: one autograd.Function per op, calling only launchers.
-class ChannelPoolFunction(torch.autograd.Function):
-    """``(mean, amax)`` over D, H, W; backward splits the max gradient between ties."""
-
-    @staticmethod
-    def forward(ctx, x):
-        avg, mx, mx32, cnt = _channel_pool_fwd(x)
-        ctx.save_for_backward(x, mx32, cnt)
-        return avg, mx
-
-    @staticmethod
-    def backward(ctx, davg, dmax):
-        x, mx32, cnt = ctx.saved_tensors
-        if davg is None:
-            davg = torch.zeros_like(mx32)
-        if dmax is None:
-            dmax = torch.zeros_like(mx32)
-        return _channel_pool_bwd(x, mx32, cnt, davg, dmax)
+# ------------------------------------------------------------------ autograd entries
+# One path for eager and compiled code: each op is a registered custom op (fake
+# implementations give shapes, dtypes and strides) with one registered backward that
+# calls the backward launcher, itself a custom op.
+@torch.library.custom_op("mmscale::channel_pool", mutates_args=())
+def _channel_pool_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _channel_pool_fwd(x)
 
 
-class SpatialPoolFunction(torch.autograd.Function):
-    """``cat[mean_C, amax_C](x * g_c)``; saves x, g_c and the per-voxel max and tie count."""
-
-    @staticmethod
-    def forward(ctx, x, g):
-        out, mx, cnt = _spatial_pool_fwd(x, g)
-        ctx.save_for_backward(x, g, mx, cnt)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, g, mx, cnt = ctx.saved_tensors
-        dx, dg = _spatial_pool_bwd(x, g, mx, cnt, dout)
-        return dx.to(x.dtype), _sum_to(dg.view(*dg.shape, 1, 1, 1), g)
+@_channel_pool_op.register_fake
+def _(x):
+    B, C = x.shape[:2]
+    return (x.new_empty(B, C), x.new_empty(B, C), x.new_empty(B, C, dtype=torch.float32),
+            x.new_empty(B, C, dtype=torch.int32))
 
 
-class ApplyGatesFunction(torch.autograd.Function):
-    """``x * g_c * g_s`` in one pass; backward in one pass plus a partial-sum reduction."""
-
-    @staticmethod
-    def forward(ctx, x, gc, gs):
-        ctx.save_for_backward(x, gc, gs)
-        return _apply_gates_fwd(x, gc, gs)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, gc, gs = ctx.saved_tensors
-        dx, dgc, dgs = _apply_gates_bwd(x, gc, gs, dy)
-        dgc, dgs = dgc.view(*dgc.shape, 1, 1, 1), dgs.view(x.shape[0], 1, *x.shape[2:])
-        return dx.to(x.dtype), _sum_to(dgc, gc), _sum_to(dgs, gs)
+@torch.library.custom_op("mmscale::channel_pool_bwd", mutates_args=())
+def _channel_pool_bwd_op(x: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor, davg: torch.Tensor,
+                         dmax: torch.Tensor) -> torch.Tensor:
+    return _channel_pool_bwd(x, mx, cnt, davg, dmax)
 
 
-# ------------------------------------------------- custom ops (torch.compile path)
-# Dynamo cannot trace into the launchers; inside ``torch.compile`` the entry points
-# call these registered ops instead (fake implementations give shapes, dtypes and
-# strides; autograd is registered with the same launchers as the Functions above).
-if tu.has_custom_op():
+@_channel_pool_bwd_op.register_fake
+def _(x, mx, cnt, davg, dmax):
+    return torch.empty_like(x)
 
-    @torch.library.custom_op("mmscale::channel_pool", mutates_args=())
-    def _channel_pool_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _channel_pool_fwd(x)
 
-    @_channel_pool_op.register_fake
-    def _(x):
-        B, C = x.shape[:2]
-        return (x.new_empty(B, C), x.new_empty(B, C), x.new_empty(B, C, dtype=torch.float32),
-                x.new_empty(B, C, dtype=torch.int32))
+def _channel_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[2], output[3])
 
-    @torch.library.custom_op("mmscale::channel_pool_bwd", mutates_args=())
-    def _channel_pool_bwd_op(x: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor, davg: torch.Tensor,
-                             dmax: torch.Tensor) -> torch.Tensor:
-        return _channel_pool_bwd(x, mx, cnt, davg, dmax)
 
-    @_channel_pool_bwd_op.register_fake
-    def _(x, mx, cnt, davg, dmax):
-        return torch.empty_like(x)
+def _channel_pool_backward(ctx, davg, dmax, _dmx, _dcnt):
+    x, mx, cnt = ctx.saved_tensors
+    davg = torch.zeros_like(mx) if davg is None else davg
+    dmax = torch.zeros_like(mx) if dmax is None else dmax
+    return _channel_pool_bwd_op(x, mx, cnt, davg, dmax)
 
-    def _channel_pool_setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[2], output[3])
 
-    def _channel_pool_backward(ctx, davg, dmax, _dmx, _dcnt):
-        x, mx, cnt = ctx.saved_tensors
-        davg = torch.zeros_like(mx) if davg is None else davg
-        dmax = torch.zeros_like(mx) if dmax is None else dmax
-        return _channel_pool_bwd_op(x, mx, cnt, davg, dmax)
+torch.library.register_autograd("mmscale::channel_pool", _channel_pool_backward,
+                                setup_context=_channel_pool_setup)
 
-    torch.library.register_autograd("mmscale::channel_pool", _channel_pool_backward,
-                                    setup_context=_channel_pool_setup)
 
-    @torch.library.custom_op("mmscale::spatial_pool", mutates_args=())
-    def _spatial_pool_op(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _spatial_pool_fwd(x, g)
+@torch.library.custom_op("mmscale::spatial_pool", mutates_args=())
+def _spatial_pool_op(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _spatial_pool_fwd(x, g)
 
-    @_spatial_pool_op.register_fake
-    def _(x, g):
-        B, C, D, H, W = x.shape
-        return (x.new_empty(B, 2, D, H, W, dtype=torch.result_type(x, g)),
-                x.new_empty(B, D * H * W, dtype=torch.float32), x.new_empty(B, D * H * W, dtype=torch.int32))
 
-    @torch.library.custom_op("mmscale::spatial_pool_bwd", mutates_args=())
-    def _spatial_pool_bwd_op(x: torch.Tensor, g: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor,
-                             dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _spatial_pool_bwd(x, g, mx, cnt, dout)
+@_spatial_pool_op.register_fake
+def _(x, g):
+    B, C, D, H, W = x.shape
+    return (x.new_empty(B, 2, D, H, W, dtype=torch.result_type(x, g)),
+            x.new_empty(B, D * H * W, dtype=torch.float32), x.new_empty(B, D * H * W, dtype=torch.int32))
 
-    @_spatial_pool_bwd_op.register_fake
-    def _(x, g, mx, cnt, dout):
-        return torch.empty_like(x, dtype=torch.result_type(x, g)), x.new_empty(x.shape[:2], dtype=torch.float32)
 
-    def _spatial_pool_setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
+@torch.library.custom_op("mmscale::spatial_pool_bwd", mutates_args=())
+def _spatial_pool_bwd_op(x: torch.Tensor, g: torch.Tensor, mx: torch.Tensor, cnt: torch.Tensor,
+                         dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _spatial_pool_bwd(x, g, mx, cnt, dout)
 
-    def _spatial_pool_backward(ctx, dout, _dmx, _dcnt):
-        x, g, mx, cnt = ctx.saved_tensors
-        dx, dg = _spatial_pool_bwd_op(x, g, mx, cnt, dout)
-        return dx.to(x.dtype), _sum_to(dg.view(*dg.shape, 1, 1, 1), g)
 
-    torch.library.register_autograd("mmscale::spatial_pool", _spatial_pool_backward,
-                                    setup_context=_spatial_pool_setup)
+@_spatial_pool_bwd_op.register_fake
+def _(x, g, mx, cnt, dout):
+    return torch.empty_like(x, dtype=torch.result_type(x, g)), x.new_empty(x.shape[:2], dtype=torch.float32)
 
-    @torch.library.custom_op("mmscale::apply_gates", mutates_args=())
-    def _apply_gates_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
-        return _apply_gates_fwd(x, gc, gs)
 
-    @_apply_gates_op.register_fake
-    def _(x, gc, gs):
-        return torch.empty_like(x, dtype=torch.promote_types(torch.result_type(x, gc), gs.dtype))
+def _spatial_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
 
-    @torch.library.custom_op("mmscale::apply_gates_bwd", mutates_args=())
-    def _apply_gates_bwd_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor,
-                            dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _apply_gates_bwd(x, gc, gs, dy)
 
-    @_apply_gates_bwd_op.register_fake
-    def _(x, gc, gs, dy):
-        B, C, D, H, W = x.shape
-        return (torch.empty_like(x, dtype=dy.dtype), x.new_empty(B, C, dtype=torch.float32),
-                x.new_empty(B, D * H * W, dtype=torch.float32))
+def _spatial_pool_backward(ctx, dout, _dmx, _dcnt):
+    x, g, mx, cnt = ctx.saved_tensors
+    dx, dg = _spatial_pool_bwd_op(x, g, mx, cnt, dout)
+    return dx.to(x.dtype), _sum_to(dg.view(*dg.shape, 1, 1, 1), g)
 
-    def _apply_gates_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
 
-    def _apply_gates_backward(ctx, dy):
-        x, gc, gs = ctx.saved_tensors
-        dx, dgc, dgs = _apply_gates_bwd_op(x, gc, gs, dy)
-        dgc, dgs = dgc.view(*dgc.shape, 1, 1, 1), dgs.view(x.shape[0], 1, *x.shape[2:])
-        return dx.to(x.dtype), _sum_to(dgc, gc), _sum_to(dgs, gs)
+torch.library.register_autograd("mmscale::spatial_pool", _spatial_pool_backward,
+                                setup_context=_spatial_pool_setup)
 
-    torch.library.register_autograd("mmscale::apply_gates", _apply_gates_backward,
-                                    setup_context=_apply_gates_setup)
+
+@torch.library.custom_op("mmscale::apply_gates", mutates_args=())
+def _apply_gates_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    return _apply_gates_fwd(x, gc, gs)
+
+
+@_apply_gates_op.register_fake
+def _(x, gc, gs):
+    return torch.empty_like(x, dtype=torch.promote_types(torch.result_type(x, gc), gs.dtype))
+
+
+@torch.library.custom_op("mmscale::apply_gates_bwd", mutates_args=())
+def _apply_gates_bwd_op(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor,
+                        dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _apply_gates_bwd(x, gc, gs, dy)
+
+
+@_apply_gates_bwd_op.register_fake
+def _(x, gc, gs, dy):
+    B, C, D, H, W = x.shape
+    return (torch.empty_like(x, dtype=dy.dtype), x.new_empty(B, C, dtype=torch.float32),
+            x.new_empty(B, D * H * W, dtype=torch.float32))
+
+
+def _apply_gates_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _apply_gates_backward(ctx, dy):
+    x, gc, gs = ctx.saved_tensors
+    dx, dgc, dgs = _apply_gates_bwd_op(x, gc, gs, dy)
+    dgc, dgs = dgc.view(*dgc.shape, 1, 1, 1), dgs.view(x.shape[0], 1, *x.shape[2:])
+    return dx.to(x.dtype), _sum_to(dgc, gc), _sum_to(dgs, gs)
+
+
+torch.library.register_autograd("mmscale::apply_gates", _apply_gates_backward,
+                                setup_context=_apply_gates_setup)
 
 
 # ------------------------------------------------------------------- entry points
@@ -565,11 +527,8 @@ def channel_pool_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Example:
         >>> avg, mx = channel_pool_triton(torch.randn(2, 3, 1, 4, 4, device="cuda"))  # doctest: +SKIP
     """
-    if tu.compiling():
-        if tu.has_custom_op():
-            return _channel_pool_op(x)[:2]
-        return torch.compiler.disable(ChannelPoolFunction.apply)(x)
-    return ChannelPoolFunction.apply(x)
+    avg, mx, _, _ = _channel_pool_op(x)
+    return avg, mx
 
 
 def spatial_pool_triton(x: torch.Tensor, channel_gate: torch.Tensor) -> torch.Tensor:
@@ -586,11 +545,7 @@ def spatial_pool_triton(x: torch.Tensor, channel_gate: torch.Tensor) -> torch.Te
         >>> s = spatial_pool_triton(torch.randn(1, 3, 2, 4, 4, device="cuda"),
         ...                         torch.ones(1, 3, 1, 1, 1, device="cuda"))  # doctest: +SKIP
     """
-    if tu.compiling():
-        if tu.has_custom_op():
-            return _spatial_pool_op(x, channel_gate)[0]
-        return torch.compiler.disable(SpatialPoolFunction.apply)(x, channel_gate)
-    return SpatialPoolFunction.apply(x, channel_gate)
+    return _spatial_pool_op(x, channel_gate)[0]
 
 
 def apply_gates_triton(x: torch.Tensor, channel_gate: torch.Tensor, spatial_gate: torch.Tensor) -> torch.Tensor:
@@ -608,8 +563,4 @@ def apply_gates_triton(x: torch.Tensor, channel_gate: torch.Tensor, spatial_gate
         >>> y = apply_gates_triton(torch.randn(1, 3, 2, 4, 4, device="cuda"),
         ...     torch.ones(1, 3, 1, 1, 1, device="cuda"), torch.ones(1, 1, 2, 4, 4, device="cuda"))  # doctest: +SKIP
     """
-    if tu.compiling():
-        if tu.has_custom_op():
-            return _apply_gates_op(x, channel_gate, spatial_gate)
-        return torch.compiler.disable(ApplyGatesFunction.apply)(x, channel_gate, spatial_gate)
-    return ApplyGatesFunction.apply(x, channel_gate, spatial_gate)
+    return _apply_gates_op(x, channel_gate, spatial_gate)

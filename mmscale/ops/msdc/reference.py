@@ -11,7 +11,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from mmscale.ops.batch_norm import BatchNormState, BatchNormStep, begin_batch_norm
 from mmscale.ops.depthwise_conv3d import depthwise_conv3d_reference, multi_depthwise_conv3d
+
+__all__ = ["msdc_torch", "multiscale_depthwise_conv3d_reference"]
 
 
 def _combine(branches: list[torch.Tensor], combine: str) -> torch.Tensor:
@@ -28,34 +31,21 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def multiscale_depthwise_conv3d_reference(
-    h: torch.Tensor,
+    x: torch.Tensor,
     weights: Sequence[torch.Tensor],
-    bn_weights: Sequence[torch.Tensor],
-    bn_biases: Sequence[torch.Tensor],
-    running_means: Sequence[torch.Tensor | None],
-    running_vars: Sequence[torch.Tensor | None],
-    use_batch_stats: bool,
-    momentum: float,
-    eps: float,
+    bn_states: Sequence[BatchNormState],
     stride: tuple[int, int, int] = (1, 1, 1),
     combine: str = "add",
 ) -> torch.Tensor:
     """Naive multi-scale depthwise convolution: one ``F.conv3d`` + ``F.batch_norm`` per branch.
 
-    Running statistics are updated in place exactly as ``nn.BatchNorm3d`` does when
-    ``use_batch_stats`` is True and running buffers are given.
+    The oracle of :func:`mmscale.ops.msdc.multiscale_depthwise_conv3d`, with the same
+    arguments (less ``backend``) and the same BatchNorm bookkeeping.
 
     Args:
-        h (torch.Tensor): input [B, E, D, H, W].
+        x (torch.Tensor): input [B, E, D, H, W].
         weights (Sequence[torch.Tensor]): per-branch filters [E, 1, kd, kh, kw].
-        bn_weights (Sequence[torch.Tensor]): per-branch BN scale [E].
-        bn_biases (Sequence[torch.Tensor]): per-branch BN shift [E].
-        running_means (Sequence[torch.Tensor | None]): per-branch running mean [E].
-        running_vars (Sequence[torch.Tensor | None]): per-branch running variance [E].
-        use_batch_stats (bool): normalise with batch statistics (training) instead
-            of the running ones.
-        momentum (float): running-statistics momentum.
-        eps (float): BN epsilon.
+        bn_states (Sequence[BatchNormState]): per-branch BatchNorm [E].
         stride (tuple[int, int, int]): stride of every branch.
         combine (str): ``"add"`` or ``"concat"``.
 
@@ -64,76 +54,68 @@ def multiscale_depthwise_conv3d_reference(
         ``"concat"``.
 
     Example:
-        >>> e = 4
-        >>> w = [torch.randn(e, 1, k, k, k) for k in (1, 3)]
-        >>> ones, zeros = [torch.ones(e)] * 2, [torch.zeros(e)] * 2
-        >>> y = multiscale_depthwise_conv3d_reference(torch.randn(1, e, 3, 5, 5), w, ones, zeros,
-        ...     [None, None], [None, None], True, 0.1, 1e-5)
-        >>> tuple(y.shape)
+        >>> from torch import nn
+        >>> bns = [BatchNormState.of(nn.BatchNorm3d(4)) for _ in range(2)]
+        >>> w = [torch.randn(4, 1, k, k, k) for k in (1, 3)]
+        >>> tuple(multiscale_depthwise_conv3d_reference(torch.randn(1, 4, 3, 5, 5), w, bns).shape)
         (1, 4, 3, 5, 5)
     """
     branches = []
-    for w, g, b, rm, rv in zip(weights, bn_weights, bn_biases, running_means, running_vars, strict=True):
+    for w, state in zip(weights, bn_states, strict=True):
+        s = begin_batch_norm(state)
         padding = tuple(k // 2 for k in w.shape[2:])
-        z = depthwise_conv3d_reference(h, w, None, stride, padding)
-        z = F.batch_norm(z, rm, rv, g, b, use_batch_stats, momentum, eps)
+        z = depthwise_conv3d_reference(x, w, None, stride, padding)
+        z = F.batch_norm(z, s.running_mean, s.running_var, s.weight, s.bias, s.use_batch_stats, s.momentum, s.eps)
         branches.append(F.hardtanh(z, 0.0, 6.0))
     return _combine(branches, combine)
 
 
-def multiscale_depthwise_conv3d_torch(
-    h: torch.Tensor,
+def msdc_torch(
+    x: torch.Tensor,
     weights: Sequence[torch.Tensor],
-    bn_weights: Sequence[torch.Tensor],
-    bn_biases: Sequence[torch.Tensor],
-    running_means: Sequence[torch.Tensor | None],
-    running_vars: Sequence[torch.Tensor | None],
-    use_batch_stats: bool,
-    momentum: float,
-    eps: float,
-    stride: tuple[int, int, int] = (1, 1, 1),
-    combine: str = "add",
+    steps: Sequence[BatchNormStep],
+    stride: tuple[int, int, int],
+    combine: str,
 ) -> torch.Tensor:
-    """The fast PyTorch path: same function and arguments as the reference.
+    """The fast PyTorch path of the op, after its BatchNorm bookkeeping (``steps``).
 
-    Differences are only in how it computes: the depthwise convolutions use
-    :func:`mmscale.ops.depthwise_conv3d.depthwise_conv3d` (channels_last_3d, cheaper
-    CPU backward, ``1x1x1`` branches as a scale) and, with running statistics, BN is
-    folded into the filters and a bias so each branch is one convolution plus one
-    clamp.
+    Same function as the reference; differences are only in how it computes: the
+    depthwise convolutions use :func:`mmscale.ops.depthwise_conv3d.multi_depthwise_conv3d`
+    (channels_last_3d, cheaper CPU backward, ``1x1x1`` branches as a scale) and, with
+    running statistics, BN is folded into the filters and a bias so each branch is
+    one convolution plus one clamp. Every step shares one ``use_batch_stats`` and ``eps``.
 
     Args:
-        h (torch.Tensor): input [B, E, D, H, W].
-        weights, bn_weights, bn_biases, running_means, running_vars, use_batch_stats,
-            momentum, eps, stride, combine: as in
-            :func:`multiscale_depthwise_conv3d_reference`.
+        x (torch.Tensor): input [B, E, D, H, W].
+        weights (Sequence[torch.Tensor]): per-branch filters [E, 1, kd, kh, kw].
+        steps (Sequence[BatchNormStep]): per-branch BatchNorm after ``begin_batch_norm``.
+        stride (tuple[int, int, int]): stride of every branch.
+        combine (str): ``"add"`` or ``"concat"``.
 
     Returns:
         torch.Tensor: as the reference, in channels_last_3d memory format.
 
     Example:
-        >>> e = 4
-        >>> w = [torch.randn(e, 1, k, k, k) for k in (1, 3)]
-        >>> ones, zeros = [torch.ones(e)] * 2, [torch.zeros(e)] * 2
-        >>> y = multiscale_depthwise_conv3d_torch(torch.randn(1, e, 3, 5, 5), w, ones, zeros,
-        ...     [None, None], [None, None], True, 0.1, 1e-5)
-        >>> tuple(y.shape)
+        >>> from torch import nn
+        >>> steps = [begin_batch_norm(BatchNormState.of(nn.BatchNorm3d(4).eval())) for _ in range(2)]
+        >>> w = [torch.randn(4, 1, k, k, k) for k in (1, 3)]
+        >>> tuple(msdc_torch(torch.randn(1, 4, 3, 5, 5), w, steps, (1, 1, 1), "add").shape)
         (1, 4, 3, 5, 5)
     """
-    h = h.contiguous(memory_format=torch.channels_last_3d)
-    if use_batch_stats:
+    h = x.contiguous(memory_format=torch.channels_last_3d)
+    if steps[0].use_batch_stats:
         convs = multi_depthwise_conv3d(h, weights, stride)
         normed = [
-            F.batch_norm(z, rm, rv, g, b, True, momentum, eps)
-            for z, g, b, rm, rv in zip(convs, bn_weights, bn_biases, running_means, running_vars, strict=True)
+            F.batch_norm(z, s.running_mean, s.running_var, s.weight, s.bias, True, s.momentum, s.eps)
+            for z, s in zip(convs, steps, strict=True)
         ]
-    elif not _needs_grad(h, *weights, *bn_weights, *bn_biases):
+    elif not _needs_grad(h, *weights, *(s.weight for s in steps), *(s.bias for s in steps)):
         # inference: BN folded into each filter and its bias, clamps and the sum in place,
         # so the only full-size allocations are one output per branch
         out = None
-        for w, g, b, rm, rv in zip(weights, bn_weights, bn_biases, running_means, running_vars, strict=True):
-            scale = g * torch.rsqrt(rv + eps)
-            shift = b - rm * scale
+        for w, s in zip(weights, steps, strict=True):
+            scale = s.weight * torch.rsqrt(s.running_var + s.eps)
+            shift = s.bias - s.running_mean * scale
             if w.shape[2:] == (1, 1, 1) and tuple(stride) == (1, 1, 1):
                 # one pass, written straight into h's channels_last_3d layout
                 z = torch.addcmul(shift.view(1, -1, 1, 1, 1), h, (w.flatten() * scale).view(1, -1, 1, 1, 1),
@@ -148,11 +130,11 @@ def multiscale_depthwise_conv3d_torch(
                 out = z if out is None else out.add_(z)
         return torch.cat(out, dim=1) if combine == "concat" else out
     else:
-        scales = [g * torch.rsqrt(rv + eps) for g, rv in zip(bn_weights, running_vars, strict=True)]
-        folded = [w * s.view(-1, 1, 1, 1, 1) for w, s in zip(weights, scales, strict=True)]
+        scales = [s.weight * torch.rsqrt(s.running_var + s.eps) for s in steps]
+        folded = [w * c.view(-1, 1, 1, 1, 1) for w, c in zip(weights, scales, strict=True)]
         convs = multi_depthwise_conv3d(h, folded, stride)
         normed = [
-            z + (b - rm * s).view(1, -1, 1, 1, 1)
-            for z, b, rm, s in zip(convs, bn_biases, running_means, scales, strict=True)
+            z + (s.bias - s.running_mean * c).view(1, -1, 1, 1, 1)
+            for z, s, c in zip(convs, steps, scales, strict=True)
         ]
     return _combine([F.hardtanh(z, 0.0, 6.0) for z in normed], combine)

@@ -35,11 +35,11 @@ Layout: the input and the output gradient are read through their real strides (a
 memory format); outputs are allocated channels_last_3d, the layout of mmscale's layers,
 where a tile is contiguous along C. Offsets are int64 (see ``_triton_utils``).
 
-Autograd: in eager mode :class:`MSDCFunction` (launchers only); under
-``torch.compile`` the same launchers run as ``torch.library`` custom ops
-(``mmscale::msdc_fwd`` / ``mmscale::msdc_bwd``, with fake implementations), so a
-model containing the op compiles with ``fullgraph=True``. Running statistics are
-updated outside the kernels with ``nn.BatchNorm3d``'s rule.
+Autograd: one entry for eager and compiled code alike, the ``torch.library`` custom
+ops ``mmscale::msdc_fwd`` / ``mmscale::msdc_bwd`` (launchers only, with fake
+implementations) and one registered backward, so a model containing the op compiles
+with ``fullgraph=True``. Running statistics are updated outside the kernels with
+``nn.BatchNorm3d``'s rule (:mod:`mmscale.ops.batch_norm`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ import triton.language as tl
 
 from mmscale.ops import _triton_utils as tu
 from mmscale.ops._triton_utils import _offset_5d, _split_spatial, _volume_tile, cdiv, pick_block
+from mmscale.ops.batch_norm import BatchNormStep, update_running_stats
 
-__all__ = ["MAX_BRANCHES", "MSDCFunction", "msdc_forward", "multiscale_depthwise_conv3d_triton"]
+__all__ = ["MAX_BRANCHES", "msdc_backward_packed", "msdc_forward", "multiscale_depthwise_conv3d_triton"]
 
 MAX_BRANCHES = 4
 _CL = torch.channels_last_3d
@@ -348,12 +349,15 @@ def _pack_weights(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([w.detach().reshape(w.shape[0], -1).t().float() for w in weights]).contiguous()
 
 
-def _unpack_taps(flat: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Inverse of ``_pack_weights`` for gradients: [taps, E] -> per-branch [E, 1, kd, kh, kw]."""
+def _unpack_taps(flat: torch.Tensor, meta: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Inverse of ``_pack_weights`` for gradients: [taps, E] -> per-branch [E, 1, kd, kh, kw].
+
+    ``meta`` holds each filter's ``(shape, dtype)``.
+    """
     out, off = [], 0
-    for w in weights:
-        n = w[0].numel()
-        out.append(flat[off:off + n].t().reshape(w.shape).to(w.dtype))
+    for shape, dtype in meta:
+        n = shape[2] * shape[3] * shape[4]
+        out.append(flat[off:off + n].t().reshape(shape).to(dtype))
         off += n
     return out
 
@@ -405,7 +409,7 @@ def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
     ``prm`` [6, NB, E] and ``wpack`` [taps, E] are what backward needs. With batch
     statistics it runs the statistics pass first; ``batch_mean`` / ``batch_var``
     [NB, E] are then the batch mean and *unbiased* variance for the running-statistic
-    update (:func:`update_running_stats`); in eval they are zeros.
+    update (:func:`mmscale.ops.batch_norm.update_running_stats`); in eval they are zeros.
     """
     g = _Geometry(h, [tuple(w.shape[2:]) for w in weights], block_s, block_c)
     wpack = _pack_weights(weights)
@@ -434,16 +438,6 @@ def msdc_forward(h, weights, bn_weights, bn_biases, running_means, running_vars,
     if not use_batch_stats:
         return y, prm, wpack, torch.zeros_like(mean), torch.zeros_like(mean)
     return y, prm, wpack, mean, batch_var
-
-
-def update_running_stats(running_means, running_vars, batch_mean, batch_var, momentum: float) -> None:
-    """``running = (1 - momentum) * running + momentum * batch`` in place, per branch (None skipped)."""
-    with torch.no_grad():
-        for k, (rm, rv) in enumerate(zip(running_means, running_vars, strict=True)):
-            if rm is not None:
-                rm.mul_(1.0 - momentum).add_(batch_mean[k].to(rm.dtype), alpha=momentum)
-            if rv is not None:
-                rv.mul_(1.0 - momentum).add_(batch_var[k].to(rv.dtype), alpha=momentum)
 
 
 @tu.on_tensor_device
@@ -498,133 +492,85 @@ def msdc_backward_packed(dy, h, kernel_sizes, wpack, prm, use_batch_stats: bool,
     return dh, torch.cat(dws), dgamma.clone(), dbeta.clone()
 
 
-# -------------------------------------------------------------------- autograd glue
-# Eager mode: one autograd.Function that only calls launchers.
-class MSDCFunction(torch.autograd.Function):
-    """Fused multi-scale depthwise conv + BN + ReLU6 + combine (forward and backward).
-
-    Saves only ``h``, the packed filters and the per-channel BN vectors ``prm``;
-    backward recomputes every branch's convolution from them.
-    """
-
-    @staticmethod
-    def forward(ctx, h, use_batch_stats, momentum, eps, concat, running, n, *params):
-        weights, gammas, betas = params[:n], params[n:2 * n], params[2 * n:]
-        running_means, running_vars = running
-        y, prm, wpack, mean, var = msdc_forward(h, weights, gammas, betas, running_means, running_vars,
-                                                use_batch_stats, eps, concat)
-        if use_batch_stats:
-            update_running_stats(running_means, running_vars, mean, var, momentum)
-        ctx.save_for_backward(h, wpack, prm)
-        # filters are saved once, packed; the originals only lend shapes and dtypes
-        ctx.weight_meta = [torch.empty((), dtype=w.dtype).expand(w.shape) for w in weights]
-        ctx.gamma_dtypes = [g.dtype for g in gammas]
-        ctx.beta_dtypes = [b.dtype for b in betas]
-        ctx.use_batch_stats, ctx.concat = use_batch_stats, concat
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        h, wpack, prm = ctx.saved_tensors
-        ks = [tuple(w.shape[2:]) for w in ctx.weight_meta]
-        dh, dw, dgamma, dbeta = msdc_backward_packed(dy, h, ks, wpack, prm, ctx.use_batch_stats, ctx.concat)
-        dgammas = [d.to(t) for d, t in zip(dgamma.unbind(0), ctx.gamma_dtypes, strict=True)]
-        dbetas = [d.to(t) for d, t in zip(dbeta.unbind(0), ctx.beta_dtypes, strict=True)]
-        return (dh, None, None, None, None, None, None, *_unpack_taps(dw, ctx.weight_meta), *dgammas, *dbetas)
+# ------------------------------------------------------------------ autograd entry
+# One path for eager and compiled code: registered custom ops (with fake
+# implementations, so a model containing the op compiles with ``fullgraph=True``)
+# and one registered backward. The running-statistic update stays outside the op
+# (plain in-place torch code, which Dynamo functionalises).
+@torch.library.custom_op("mmscale::msdc_fwd", mutates_args=())
+def _msdc_fwd_op(h: torch.Tensor, weights: list[torch.Tensor], gammas: list[torch.Tensor],
+                 betas: list[torch.Tensor], means: list[torch.Tensor], varis: list[torch.Tensor],
+                 use_batch_stats: bool, eps: float,
+                 concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return msdc_forward(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat)
 
 
-# ------------------------------------------------- custom ops (torch.compile path)
-# Dynamo cannot trace into the launchers; inside ``torch.compile`` the entry point
-# calls these registered ops instead. The running-statistic update stays outside the
-# op (plain in-place torch code, which Dynamo functionalises).
-if tu.has_custom_op():
+@_msdc_fwd_op.register_fake
+def _(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat):
+    B, E, D, H, W = h.shape
+    nb, taps = len(weights), sum(w[0].numel() for w in weights)
+    y = h.new_empty(B, E * nb if concat else E, D, H, W).contiguous(memory_format=_CL)
+    f32 = {"dtype": torch.float32}
+    return (y, h.new_empty(6, nb, E, **f32), h.new_empty(taps, E, **f32), h.new_empty(nb, E, **f32),
+            h.new_empty(nb, E, **f32))
 
-    @torch.library.custom_op("mmscale::msdc_fwd", mutates_args=())
-    def _msdc_fwd_op(h: torch.Tensor, weights: list[torch.Tensor], gammas: list[torch.Tensor],
-                     betas: list[torch.Tensor], means: list[torch.Tensor], varis: list[torch.Tensor],
-                     use_batch_stats: bool, eps: float,
-                     concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return msdc_forward(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat)
 
-    @_msdc_fwd_op.register_fake
-    def _(h, weights, gammas, betas, means, varis, use_batch_stats, eps, concat):
-        B, E, D, H, W = h.shape
-        nb, taps = len(weights), sum(w[0].numel() for w in weights)
-        y = h.new_empty(B, E * nb if concat else E, D, H, W).contiguous(memory_format=_CL)
-        f32 = {"dtype": torch.float32}
-        return (y, h.new_empty(6, nb, E, **f32), h.new_empty(taps, E, **f32), h.new_empty(nb, E, **f32),
-                h.new_empty(nb, E, **f32))
+@torch.library.custom_op("mmscale::msdc_bwd", mutates_args=())
+def _msdc_bwd_op(dy: torch.Tensor, h: torch.Tensor, kernel_sizes: list[int], wpack: torch.Tensor,
+                 prm: torch.Tensor, use_batch_stats: bool,
+                 concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ks = [tuple(kernel_sizes[i:i + 3]) for i in range(0, len(kernel_sizes), 3)]
+    return msdc_backward_packed(dy, h, ks, wpack, prm, use_batch_stats, concat)
 
-    @torch.library.custom_op("mmscale::msdc_bwd", mutates_args=())
-    def _msdc_bwd_op(dy: torch.Tensor, h: torch.Tensor, kernel_sizes: list[int], wpack: torch.Tensor,
-                     prm: torch.Tensor, use_batch_stats: bool,
-                     concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        ks = [tuple(kernel_sizes[i:i + 3]) for i in range(0, len(kernel_sizes), 3)]
-        return msdc_backward_packed(dy, h, ks, wpack, prm, use_batch_stats, concat)
 
-    @_msdc_bwd_op.register_fake
-    def _(dy, h, kernel_sizes, wpack, prm, use_batch_stats, concat):
-        nb, E = prm.shape[1:]
-        return (torch.empty_like(h, memory_format=_CL), torch.empty_like(wpack), prm.new_empty(nb, E),
-                prm.new_empty(nb, E))
+@_msdc_bwd_op.register_fake
+def _(dy, h, kernel_sizes, wpack, prm, use_batch_stats, concat):
+    nb, E = prm.shape[1:]
+    return (torch.empty_like(h, memory_format=_CL), torch.empty_like(wpack), prm.new_empty(nb, E),
+            prm.new_empty(nb, E))
 
-    def _msdc_setup(ctx, inputs, output):
-        h, weights, gammas, betas, means, varis, use_batch_stats, _, concat = inputs
-        _, prm, wpack, _, _ = output
-        ctx.save_for_backward(h, wpack, prm)
-        ctx.n_stats = (len(means), len(varis))
-        ctx.weight_meta = [(tuple(w.shape), w.dtype) for w in weights]
-        ctx.gamma_dtypes = [g.dtype for g in gammas]
-        ctx.beta_dtypes = [b.dtype for b in betas]
-        ctx.use_batch_stats, ctx.concat = use_batch_stats, concat
 
-    def _msdc_backward(ctx, dy, *_unused):
-        h, wpack, prm = ctx.saved_tensors
-        ks = [k for shape, _ in ctx.weight_meta for k in shape[2:]]
-        dh, dw, dgamma, dbeta = _msdc_bwd_op(dy, h, ks, wpack, prm, ctx.use_batch_stats, ctx.concat)
-        dws, off = [], 0
-        for shape, dtype in ctx.weight_meta:
-            n = shape[2] * shape[3] * shape[4]
-            dws.append(dw[off:off + n].t().reshape(shape).to(dtype))
-            off += n
-        dgammas = [d.to(t) for d, t in zip(dgamma.unbind(0), ctx.gamma_dtypes, strict=True)]
-        dbetas = [d.to(t) for d, t in zip(dbeta.unbind(0), ctx.beta_dtypes, strict=True)]
-        no_grads = [None] * ctx.n_stats[0], [None] * ctx.n_stats[1]
-        return dh, dws, dgammas, dbetas, *no_grads, None, None, None
+def _msdc_setup(ctx, inputs, output):
+    # filters are saved once, packed; the originals only lend shapes and dtypes
+    h, weights, gammas, betas, means, varis, use_batch_stats, _, concat = inputs
+    _, prm, wpack, _, _ = output
+    ctx.save_for_backward(h, wpack, prm)
+    ctx.n_stats = (len(means), len(varis))
+    ctx.weight_meta = [(tuple(w.shape), w.dtype) for w in weights]
+    ctx.gamma_dtypes = [g.dtype for g in gammas]
+    ctx.beta_dtypes = [b.dtype for b in betas]
+    ctx.use_batch_stats, ctx.concat = use_batch_stats, concat
 
-    torch.library.register_autograd("mmscale::msdc_fwd", _msdc_backward, setup_context=_msdc_setup)
+
+def _msdc_backward(ctx, dy, *_unused):
+    h, wpack, prm = ctx.saved_tensors
+    ks = [k for shape, _ in ctx.weight_meta for k in shape[2:]]
+    dh, dw, dgamma, dbeta = _msdc_bwd_op(dy, h, ks, wpack, prm, ctx.use_batch_stats, ctx.concat)
+    dws = _unpack_taps(dw, ctx.weight_meta)
+    dgammas = [d.to(t) for d, t in zip(dgamma.unbind(0), ctx.gamma_dtypes, strict=True)]
+    dbetas = [d.to(t) for d, t in zip(dbeta.unbind(0), ctx.beta_dtypes, strict=True)]
+    no_grads = [None] * ctx.n_stats[0], [None] * ctx.n_stats[1]
+    return dh, dws, dgammas, dbetas, *no_grads, None, None, None
+
+
+torch.library.register_autograd("mmscale::msdc_fwd", _msdc_backward, setup_context=_msdc_setup)
 
 
 def multiscale_depthwise_conv3d_triton(
-    h: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    bn_weights: Sequence[torch.Tensor],
-    bn_biases: Sequence[torch.Tensor],
-    running_means: Sequence[torch.Tensor | None],
-    running_vars: Sequence[torch.Tensor | None],
-    use_batch_stats: bool,
-    momentum: float,
-    eps: float,
-    combine: str = "add",
+    h: torch.Tensor, weights: Sequence[torch.Tensor], steps: Sequence[BatchNormStep], combine: str
 ) -> torch.Tensor:
     """Fused Triton multi-scale depthwise convolution (stride 1), autograd-aware.
 
-    Same function as :func:`mmscale.ops.msdc.multiscale_depthwise_conv3d_reference`
-    with ``stride=(1, 1, 1)``. Accumulates in float32; returns ``h.dtype`` in
-    channels_last_3d.
+    The Triton path of :func:`mmscale.ops.msdc.multiscale_depthwise_conv3d`, after
+    its BatchNorm bookkeeping (``steps``, one ``use_batch_stats`` and ``eps`` for all).
+    Accumulates in float32; returns ``h.dtype`` in channels_last_3d; updates the
+    running statistics with batch statistics.
 
     Args:
         h (torch.Tensor): input [B, E, D, H, W], float32/float16/bfloat16, any strides.
         weights (Sequence[torch.Tensor]): per-branch filters [E, 1, kd, kh, kw], odd
             sizes, at most ``MAX_BRANCHES`` branches.
-        bn_weights (Sequence[torch.Tensor]): per-branch BN scale [E].
-        bn_biases (Sequence[torch.Tensor]): per-branch BN shift [E].
-        running_means (Sequence[torch.Tensor | None]): running means [E] (updated in
-            place with batch statistics; required without).
-        running_vars (Sequence[torch.Tensor | None]): running variances [E].
-        use_batch_stats (bool): normalise with batch statistics (training).
-        momentum (float): running-statistics momentum (already resolved).
-        eps (float): BN epsilon.
+        steps (Sequence[BatchNormStep]): per-branch BatchNorm [E].
         combine (str): ``"add"`` or ``"concat"``.
 
     Returns:
@@ -635,30 +581,23 @@ def multiscale_depthwise_conv3d_triton(
             running statistics in eval.
 
     Example:
-        >>> e = 4
-        >>> w = [torch.randn(e, 1, k, k, k, device="cuda") for k in (1, 3)]  # doctest: +SKIP
-        >>> ones = [torch.ones(e, device="cuda")] * 2  # doctest: +SKIP
-        >>> zeros = [torch.zeros(e, device="cuda")] * 2  # doctest: +SKIP
-        >>> y = multiscale_depthwise_conv3d_triton(torch.randn(1, e, 3, 5, 5, device="cuda"), w,
-        ...     ones, zeros, [None, None], [None, None], True, 0.1, 1e-5)  # doctest: +SKIP
+        >>> from torch import nn
+        >>> from mmscale.ops.batch_norm import BatchNormState, begin_batch_norm
+        >>> steps = [begin_batch_norm(BatchNormState.of(nn.BatchNorm3d(4).cuda())) for _ in range(2)]  # doctest: +SKIP
+        >>> w = [torch.randn(4, 1, k, k, k, device="cuda") for k in (1, 3)]  # doctest: +SKIP
+        >>> h = torch.randn(1, 4, 3, 5, 5, device="cuda")  # doctest: +SKIP
+        >>> y = multiscale_depthwise_conv3d_triton(h, w, steps, "add")  # doctest: +SKIP
     """
-    if not use_batch_stats and any(r is None for r in (*running_means, *running_vars)):
-        raise ValueError("running_means and running_vars are required when use_batch_stats is False")
-    n = len(weights)
-    if tu.compiling():
-        if tu.has_custom_op():
-            means = list(running_means) if not use_batch_stats else []
-            varis = list(running_vars) if not use_batch_stats else []
-            y, _, _, mean, var = _msdc_fwd_op(h, list(weights), list(bn_weights), list(bn_biases), means, varis,
-                                              use_batch_stats, float(eps), combine == "concat")
-            if use_batch_stats:
-                update_running_stats(running_means, running_vars, mean, var, momentum)
-            return y
-        return torch.compiler.disable(MSDCFunction.apply)(
-            h, use_batch_stats, float(momentum), float(eps), combine == "concat",
-            (list(running_means), list(running_vars)), n, *weights, *bn_weights, *bn_biases,
-        )
-    return MSDCFunction.apply(
-        h, use_batch_stats, float(momentum), float(eps), combine == "concat",
-        (list(running_means), list(running_vars)), n, *weights, *bn_weights, *bn_biases,
-    )
+    use_batch_stats, eps = steps[0].use_batch_stats, steps[0].eps
+    if not use_batch_stats and any(s.running_mean is None or s.running_var is None for s in steps):
+        raise ValueError("running statistics are required when the BatchNorms use them (eval mode)")
+    E = h.shape[1]
+    gammas = [s.weight if s.weight is not None else h.new_ones(E, dtype=torch.float32) for s in steps]
+    betas = [s.bias if s.bias is not None else h.new_zeros(E, dtype=torch.float32) for s in steps]
+    means = [] if use_batch_stats else [s.running_mean for s in steps]
+    varis = [] if use_batch_stats else [s.running_var for s in steps]
+    y, _, _, mean, var = _msdc_fwd_op(h, list(weights), gammas, betas, means, varis, use_batch_stats, float(eps),
+                                      combine == "concat")
+    if use_batch_stats:
+        update_running_stats(steps, mean, var)
+    return y
