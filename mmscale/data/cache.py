@@ -60,13 +60,20 @@ def _write_or_abort(path: Path, data: bytes, cache_dir: Path) -> None:
         ) from err
 
 
-def _read_sidecar(path: Path) -> dict | None:
+def _where(path: str | os.PathLike | None) -> str | None:
+    """An input path as recorded in the index: absolute, so equal inputs compare equal."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _read_sidecar(path: Path, crop: dict) -> dict | None:
     """The per-patient sidecar of a finished crop, or ``None`` when it must be redone."""
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # missing, half-written by an older version, or unreadable: cut again
-    return meta if isinstance(meta, dict) and meta.get("format") == _FORMAT else None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("crop") != crop:
+        return None  # an older version or another crop geometry: cut again
+    return meta
 
 
 def _dropped_lines(entries: list[dict], key: str, what: str) -> list[str]:
@@ -188,7 +195,8 @@ def prepare(
 
     Each patient is cut by :func:`mmscale.data.crop_patient` (a patient without a usable
     lesion box gets a centre crop, reported). Reruns are cheap: a finished cache is
-    loaded as is, and an interrupted one resumes (crops already on disk are kept).
+    loaded as is (when prepared from the same inputs and crop), and an interrupted one
+    resumes (crops already on disk with the same crop geometry are kept).
     Everything left out is reported in ``report`` and ``index.json``, with a warning:
     patients whose CT cannot be read or parsed (dropped, with the reason), every slice
     file and lesion box left out (by name, with the reason), patients without a clinical
@@ -208,8 +216,9 @@ def prepare(
         The loaded :class:`PreparedData`.
 
     Raises:
-        ValueError: ``data_dir`` is not a TCIA tree, ``clinical`` cannot be read, or no
-            patient could be prepared.
+        ValueError: ``data_dir`` is not a TCIA tree, ``clinical`` cannot be read, no
+            patient could be prepared, or ``cache_dir`` holds a finished cache prepared
+            from other inputs or another crop (the message lists the differences).
         OSError: the cache cannot be written (the message names the file); the folder
             is left without ``index.json``.
 
@@ -225,8 +234,21 @@ def prepare(
 
     crop = CropConfig() if crop is None else crop
     cache_dir = Path(cache_dir).expanduser()
+    wanted = {
+        "data_dir": _where(data_dir),
+        "annotations": _where(annotations),
+        "clinical": _where(clinical),
+        "crop": crop.to_dict(),
+    }
     if (cache_dir / _INDEX).is_file():
-        return PreparedData.load(cache_dir)
+        data = PreparedData.load(cache_dir)
+        differ = [k for k, v in wanted.items() if data.info.get(k) != v]
+        if differ:
+            raise ValueError(
+                f"cache_dir: {str(cache_dir)!r} holds a cache prepared from other inputs ("
+                + "; ".join(f"{k}: cached {data.info.get(k)!r}, asked {wanted[k]!r}" for k in differ)
+                + "); use another cache_dir or delete this one")
+        return data
     patients, summary = scan_tcia(data_dir, annotations, progress=progress)
     table = read_clinical(clinical) if clinical is not None else None
     crops_dir = cache_dir / "crops"
@@ -241,7 +263,7 @@ def prepare(
         path = crops_dir / f"{rec.patient_id}.npy"
         notes = list(rec.notes)
         meta_path = crops_dir / f"{rec.patient_id}.json"
-        meta = _read_sidecar(meta_path) if path.is_file() else None
+        meta = _read_sidecar(meta_path, crop.to_dict()) if path.is_file() else None
         if meta is None:
             try:
                 # center_fallback: a patient without a usable box gets a centre crop, reported.
@@ -253,6 +275,7 @@ def prepare(
                 continue
             meta = {
                 "format": _FORMAT,
+                "crop": crop.to_dict(),
                 "has_box": pc.lesion_centred,
                 "center": list(pc.center) if pc.center is not None else None,
                 "shape": list(pc.shape),
@@ -318,10 +341,7 @@ def prepare(
         warnings.warn("prepare: some inputs were incomplete:\n" + report, stacklevel=2)
     index = {
         "format": _FORMAT,
-        "data_dir": str(data_dir),
-        "annotations": str(annotations) if annotations is not None else None,
-        "clinical": str(clinical) if clinical is not None else None,
-        "crop": crop.to_dict(),
+        **wanted,
         "patients": entries,
         "failed": failed,
         "clinical_only": clinical_only,

@@ -299,3 +299,43 @@ def test_crop_volume_refuses_a_centre_far_outside_the_volume():
         with pytest.raises(ValueError, match="center"):
             crop_volume(ct, center, cfg)
     assert crop_volume(ct, (0.0, -3.0, 12.0), cfg).shape == (1, 2, 8, 8)  # near the edge: padded
+
+
+def test_finished_cache_from_other_inputs_is_refused_not_reused(phantom, tmp_path):
+    _prepare(phantom, tmp_path)
+    other = CropConfig(depth=4, resize=48, crop=24, margin=2)
+    with pytest.raises(ValueError, match="cache_dir: .*other inputs.*crop: cached"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepare(phantom.data_dir, tmp_path, annotations=phantom.annotations,
+                    clinical=phantom.clinical, crop=other, progress=False)
+    with pytest.raises(ValueError, match="clinical: cached"):
+        _prepare_without_clinical(phantom, tmp_path)
+
+
+def _prepare_without_clinical(paths, cache):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare(paths.data_dir, cache, annotations=paths.annotations, crop=CROP, progress=False)
+
+
+def test_interrupted_cache_resumed_with_another_crop_recuts_every_patient(phantom, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = patient_mod.crop_volume
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(patient_mod, "crop_volume", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(phantom, tmp_path)
+    monkeypatch.setattr(patient_mod, "crop_volume", real)
+    other = CropConfig(depth=4, resize=48, crop=24, margin=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = prepare(phantom.data_dir, tmp_path, annotations=phantom.annotations,
+                       clinical=phantom.clinical, crop=other, progress=False)
+    assert data.volumes.shape[-1] == other.stored  # no crop of the first geometry survives
