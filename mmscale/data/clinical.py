@@ -174,7 +174,8 @@ class TableSchema:
             Names are matched after NFKC normalisation (``"Ｍ-Stage"`` == ``"M-Stage"``).
 
     Raises:
-        ValueError: an unknown kind, a duplicate or empty column list.
+        ValueError: an entry that is not a ``(name, kind)`` pair, an unknown kind, a
+            duplicate or empty column list.
 
     Example:
         >>> schema = TableSchema([("Age", "numerical"), ("Sex", "categorical")])
@@ -187,6 +188,9 @@ class TableSchema:
     def __init__(self, columns: Iterable[tuple[str, str]] | Iterable[ColumnSpec] = PAPER_FEATURES):
         specs = []
         for col in columns:
+            if not isinstance(col, ColumnSpec) and not (
+                    isinstance(col, (tuple, list)) and len(col) == 2 and isinstance(col[0], str)):
+                raise ValueError(f"columns: expected (name, kind) pairs or ColumnSpec, got {col!r}")
             spec = col if isinstance(col, ColumnSpec) else ColumnSpec(_canonical(col[0]), col[1])
             if spec.kind not in ("numerical", "categorical"):
                 raise ValueError(f"columns: kind of {spec.name!r} must be 'numerical' or "

@@ -108,6 +108,8 @@ def test_schema_fit_encode_and_checkpoint_round_trip(sheet):
 def test_schema_errors():
     with pytest.raises(ValueError, match="columns"):
         TableSchema([("Age", "ordinal")])
+    with pytest.raises(ValueError, match="columns: expected \\(name, kind\\) pairs or ColumnSpec, got 'Age'"):
+        TableSchema(["Age", "Sex"])  # names without kinds used to become columns 'A' of kind 'g'
     with pytest.raises(ValueError, match="fit"):
         TableSchema().encode([{}])
     with pytest.raises(ValueError, match="zero rows"):
