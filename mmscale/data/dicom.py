@@ -158,7 +158,8 @@ class PETSeries:
     """A PET volume (stored units, e.g. BQML) with its geometry.
 
     Attributes:
-        values: float32 ``[D, H, W]`` after the per-slice rescale, slices by increasing z.
+        values: float32 ``[D, H, W]`` after the per-slice rescale, slices by increasing
+            position along the slice normal.
         spacing: ``(dz, dy, dx)`` in mm.
         origin: ``(x, y, z)`` of the first slice's first pixel (mm).
         units: the ``Units`` attribute (``"BQML"`` in the collection), ``""`` if absent.
