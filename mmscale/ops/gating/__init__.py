@@ -106,9 +106,7 @@ def spatial_pool(x: torch.Tensor, channel_gate: torch.Tensor, backend: str = "au
 
     Raises:
         ValueError: for an unknown backend.
-        RuntimeError: when ``backend="triton"`` cannot run here (no Triton, a CPU
-            tensor without ``TRITON_INTERPRET=1``, an unsupported dtype) and
-            ``MMSCALE_STRICT=1``; without strict mode it warns once and falls back.
+        RuntimeError: as :func:`channel_pool`, for an explicit ``"triton"`` that cannot run.
 
     Example:
         >>> tuple(spatial_pool(torch.randn(1, 3, 2, 4, 4), torch.ones(1, 3, 1, 1, 1)).shape)
@@ -136,9 +134,7 @@ def apply_gates(
 
     Raises:
         ValueError: for an unknown backend.
-        RuntimeError: when ``backend="triton"`` cannot run here (no Triton, a CPU
-            tensor without ``TRITON_INTERPRET=1``, an unsupported dtype) and
-            ``MMSCALE_STRICT=1``; without strict mode it warns once and falls back.
+        RuntimeError: as :func:`channel_pool`, for an explicit ``"triton"`` that cannot run.
 
     Example:
         >>> x = torch.randn(1, 3, 2, 4, 4)

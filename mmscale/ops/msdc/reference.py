@@ -31,34 +31,21 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def multiscale_depthwise_conv3d_reference(
-    x: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    bn_states: Sequence[BatchNormState],
-    stride: tuple[int, int, int] = (1, 1, 1),
-    combine: str = "add",
+    x: torch.Tensor, weights: Sequence[torch.Tensor], bn_states: Sequence[BatchNormState],
+    stride: tuple[int, int, int] = (1, 1, 1), combine: str = "add",
 ) -> torch.Tensor:
     """Naive multi-scale depthwise convolution: one ``F.conv3d`` + ``F.batch_norm`` per branch.
 
-    The oracle of :func:`mmscale.ops.msdc.multiscale_depthwise_conv3d`, with the same
-    arguments (less ``backend``) and the same BatchNorm bookkeeping.
-
-    Args:
-        x (torch.Tensor): input [B, E, D, H, W].
-        weights (Sequence[torch.Tensor]): per-branch filters [E, 1, kd, kh, kw].
-        bn_states (Sequence[BatchNormState]): per-branch BatchNorm [E].
-        stride (tuple[int, int, int]): stride of every branch.
-        combine (str): ``"add"`` or ``"concat"``.
-
-    Returns:
-        torch.Tensor: [B, E, D', H', W'] for ``"add"``, [B, E * n, D', H', W'] for
-        ``"concat"``.
+    The oracle of :func:`mmscale.ops.msdc.multiscale_depthwise_conv3d`: the same
+    arguments (less ``backend``), result [B, E or E * n, D', H', W'] and BatchNorm
+    bookkeeping, on input [B, E, D, H, W].
 
     Example:
-        >>> from torch import nn
-        >>> bns = [BatchNormState.of(nn.BatchNorm3d(4)) for _ in range(2)]
-        >>> w = [torch.randn(4, 1, k, k, k) for k in (1, 3)]
-        >>> tuple(multiscale_depthwise_conv3d_reference(torch.randn(1, 4, 3, 5, 5), w, bns).shape)
-        (1, 4, 3, 5, 5)
+        >>> bn = torch.nn.BatchNorm3d(4).eval()
+        >>> y = multiscale_depthwise_conv3d_reference(torch.randn(1, 4, 3, 5, 5), [torch.randn(4, 1, 3, 3, 3)],
+        ...                                           [BatchNormState.of(bn)], combine="concat")
+        >>> y.shape
+        torch.Size([1, 4, 3, 5, 5])
     """
     branches = []
     for w, state in zip(weights, bn_states, strict=True):
