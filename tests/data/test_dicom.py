@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,25 @@ def test_single_slice_needs_a_usable_slice_thickness(tmp_path):
     _series(tmp_path, n=1, edit=lambda k, ds: setattr(ds, "SliceThickness", "1\\2"))
     with pytest.raises(ValueError, match="1-01.dcm.*no usable SliceThickness"):
         load_ct_series(tmp_path)
+
+
+def test_a_header_value_pydicom_cannot_convert_skips_only_that_file(tmp_path, monkeypatch):
+    """Any exception while reading one file's values (here NotImplementedError) is a named skip."""
+    paths = _series(tmp_path, n=3)
+    real = pydicom.dcmread
+
+    class Unconvertible(pydicom.Dataset):
+        def get(self, key, default=None):
+            if key == "SOPClassUID":
+                raise NotImplementedError("cannot convert this value")
+            return super().get(key, default)
+
+    def dcmread(path, *args, **kwargs):
+        ds = real(path, *args, **kwargs)
+        return Unconvertible(ds) if Path(path) == paths[1] else ds
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    ct, msgs = _load(tmp_path)
+    assert ct.hu.shape[0] == 2
+    assert ct.skipped == [(str(paths[1]), "bad header: NotImplementedError: cannot convert this value")]
+    assert any(paths[1].name in m for m in msgs)
