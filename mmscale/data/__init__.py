@@ -38,7 +38,7 @@ from mmscale.data.dicom import (
     load_pet_series,
     read_header,
 )
-from mmscale.data.patient import PatientCrop, crop_patient
+from mmscale.data.patient import NoLesionBoxError, PatientCrop, crop_patient
 from mmscale.data.phantom import PhantomPaths, make_phantom
 from mmscale.data.tcia import (
     CLASS_NAMES,
@@ -63,6 +63,7 @@ __all__ = [
     "ColumnSpec",
     "CropConfig",
     "LesionDataset",
+    "NoLesionBoxError",
     "PETSeries",
     "PatientCrop",
     "PatientRecord",

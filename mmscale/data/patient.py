@@ -17,7 +17,20 @@ from mmscale.data.crops import CropConfig, crop_volume, lesion_center, resample_
 from mmscale.data.dicom import CTSeries, load_ct_series, load_pet_series
 from mmscale.data.tcia import Box, PatientRecord
 
-__all__ = ["PatientCrop", "crop_patient"]
+__all__ = ["NoLesionBoxError", "PatientCrop", "crop_patient"]
+
+
+class NoLesionBoxError(ValueError):
+    """A patient has no usable lesion box, so a lesion-centred crop cannot be cut.
+
+    Raised by :func:`crop_patient` unless ``center_fallback=True``. It is a
+    ``ValueError``, so callers that catch ``ValueError`` keep working; catch this class
+    to offer a centre crop explicitly (as ``predict.py --center-crop`` does).
+
+    Example:
+        >>> issubclass(NoLesionBoxError, ValueError)
+        True
+    """
 
 
 @dataclass
@@ -104,8 +117,9 @@ def crop_patient(
 
     Raises:
         ValueError: the CT series cannot be loaded (see
-            :func:`mmscale.data.load_ct_series`), or no lesion box is usable and
-            ``center_fallback`` is ``False``.
+            :func:`mmscale.data.load_ct_series`).
+        NoLesionBoxError: no lesion box is usable and ``center_fallback`` is
+            ``False`` (a ``ValueError`` subclass).
 
     Example:
         >>> patients, _ = scan_tcia("~/tcia", "~/tcia/Annotation")  # doctest: +SKIP
@@ -124,7 +138,7 @@ def crop_patient(
         why = (f"none of its {len(record.boxes)} lesion box(es) is usable" if record.boxes
                else "it has no lesion box")
         if not center_fallback:
-            raise ValueError(f"record: patient {pid}: {why} on CT series {ct.series_instance_uid}; "
+            raise NoLesionBoxError(f"record: patient {pid}: {why} on CT series {ct.series_instance_uid}; "
                              "pass center_fallback=True to crop the volume centre instead")
         warnings.warn(f"patient {pid}: {why}; cropping the volume centre", stacklevel=2)
         notes.append(f"centre crop: {why}")

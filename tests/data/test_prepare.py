@@ -202,14 +202,14 @@ def test_crop_patient_gives_exactly_the_cached_crop(phantom, tmp_path):
 def test_crop_patient_without_a_usable_box_needs_center_fallback(phantom):
     import dataclasses
 
-    from mmscale.data import Box, crop_patient, scan_tcia
+    from mmscale.data import Box, NoLesionBoxError, crop_patient, scan_tcia
 
     patients, _ = scan_tcia(phantom.data_dir, phantom.annotations)
     rec = next(r for r in patients.values() if r.boxes)
     on = rec.boxes[0].sop_instance_uid
     bad = dataclasses.replace(rec, boxes=[Box("1.2.3.4", 1.0, 1.0, 5.0, 5.0), Box(on, 3.0, 3.0, 3.0, 9.0),
                                           Box(on, -60000.0, 1.0, 10.0, 5.0), Box(on, 1.0, float("inf"), 5.0, 5.0)])
-    with pytest.raises(ValueError, match=f"{rec.patient_id}.*center_fallback"):
+    with pytest.raises(NoLesionBoxError, match=f"{rec.patient_id}.*center_fallback"):
         crop_patient(bad, CROP)
     with pytest.warns(UserWarning, match=f"patient {rec.patient_id}.*centre"):
         pc = crop_patient(bad, CROP, center_fallback=True)
