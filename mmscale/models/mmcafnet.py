@@ -771,7 +771,9 @@ class MMCAFNet(nn.Module):
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"{where} could not be loaded with weights_only=True: {first}") from None
-        except (EOFError, RuntimeError, KeyError, ValueError, OSError, AttributeError, ImportError) as err:
+        except Exception as err:  # noqa: BLE001 - a foreign or damaged file fails in many ways
+            # (EOFError, KeyError from a text file's bytes, IndexError from a truncated
+            # pickle, RuntimeError from a damaged zip): all mean "not a checkpoint".
             detail = str(err).strip().splitlines()[0] if str(err).strip() else "unexpected end of file"
             raise ValueError(
                 f"{where} is not a torch checkpoint (empty, truncated or another kind of file): "

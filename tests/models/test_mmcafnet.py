@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 
@@ -19,6 +20,8 @@ MICRO = dict(stem_channels=8, widths=(16, 32, 64), cardinality=4, fusion_dims=(1
              num_heads=2, table_dim=16)
 MICRO_SINGLE = dict(MICRO, fusion="single", fusion_dims=(12, 6, 4), num_heads=1)
 SHAPE = (3, 1, 8, 32, 32)
+# The paper preset's logits on test_paper_preset_golden_logits's input (seeded weights).
+GOLDEN_PAPER = [[-0.005754716921249459], [0.022527788762775308]]  # float64 run; float32 agrees to 1e-8
 
 
 def micro(fusion: str = "tokens", **kw) -> MMCAFNet:
@@ -404,3 +407,207 @@ def test_torch_compile_smoke():
     args = _export_inputs()
     compiled = torch.compile(model, backend="eager")
     torch.testing.assert_close(compiled(*args), model(*args), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ fidelity to the published MMCAF-Net
+PUBLISHED = dict(
+    num_classes=1, fusion="single", fusion_dims=(24, 12, 6), num_heads=(4, 2, 2), freeze_mode="weights",
+    se_activation="leaky_relu", drop_path_mode="batch", drop_path_schedule="penet", neck_align_corners=True,
+    neck_always_project=False, fusion_combine="mean", fusion_down_dropout=0.5, kan_grid_range=(-1.0, 1.0),
+    stem_in_channels=3, drop_path_rate=0.5, neck_dropout=0.3, image_dropout=0.5,
+)
+
+
+@pytest.fixture(scope="module")
+def paper() -> MMCAFNet:
+    """The paper preset, built once (89 M parameters), seeded."""
+    torch.manual_seed(0)
+    return MMCAFNet.from_preset("paper").eval()
+
+
+def test_paper_preset_sets_every_published_value(paper):
+    cfg = paper.config
+    for name, value in PUBLISHED.items():
+        assert getattr(cfg, name) == value, name
+    blocks = [b for s in paper.backbone.stages for b in s]
+    assert all(b.se.activation == "leaky_relu" and b.drop_path.mode == "batch" for b in blocks)
+    survival = [1 - b.drop_path.drop_prob for b in blocks]
+    assert survival == pytest.approx([1 - (i / 13) * 0.5 for i in range(13)])
+    assert paper.pyramid.align_corners and all(f.align_corners and not f.always_project for f in paper.pyramid.fuse)
+    assert paper.fusion.combine == "mean" and [a.num_heads for a in paper.fusion.attn] == [4, 2, 2]
+    assert paper.table_encoder.kan.layers[0].grid_range == (-1.0, 1.0)
+    assert paper.head[-1].out_features == 1
+    # mmscale's own choices stay the defaults (and the tiny preset's).
+    tiny = MMCAFNet.preset_config("tiny")
+    assert (tiny.se_activation, tiny.drop_path_mode, tiny.drop_path_schedule, tiny.neck_align_corners,
+            tiny.freeze_mode, tiny.num_classes) == ("relu", "sample", "linear", False, "eval", 2)
+
+
+def test_paper_preset_parameter_count_per_part(paper):
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    parts = {
+        "backbone": count(paper.backbone), "neck_norm": count(paper.neck_norm),
+        "msca": count(paper.pyramid.attention), "up": count(paper.pyramid.up), "fuse": count(paper.pyramid.fuse),
+        "image_proj": count(paper.image_proj), "table": count(paper.table_encoder),
+        "fusion": count(paper.fusion), "head": count(paper.head),
+    }
+    assert parts == {
+        "backbone": 10_502_896, "neck_norm": 3_584, "msca": 6_258_350, "up": 700_672, "fuse": 71_770_632,
+        "image_proj": 24_600, "table": 1_519, "fusion": 4_848, "head": 25,
+    }
+    assert sum(parts.values()) == count(paper) == 89_267_126
+
+
+def test_paper_preset_golden_logits(paper):
+    # Seeded weights (torch.manual_seed(0) before from_preset) on a fixed small input;
+    # frozen so that no change to the paper preset's function goes unseen.
+    g = torch.Generator().manual_seed(1)
+    vol = torch.randn(2, 1, 8, 16, 16, generator=g)
+    num = torch.randn(2, 2, generator=g)
+    cat = torch.tensor([[0, 1, 2, 0, 1], [1, -1, 0, 3, 0]])
+    with torch.no_grad():
+        logits = paper(vol, num, cat)
+    torch.testing.assert_close(logits, torch.tensor(GOLDEN_PAPER), rtol=1e-4, atol=1e-6)
+
+
+def test_tiny_preset_still_computes_what_it_did():
+    # The tiny preset (the demo's numbers) keeps its function and its state-dict keys.
+    torch.manual_seed(0)
+    model = MMCAFNet.from_preset("tiny").eval()
+    g = torch.Generator().manual_seed(1)
+    vol, num = torch.randn(2, 1, 8, 32, 32, generator=g), torch.randn(2, 2, generator=g)
+    cat = torch.tensor([[0, 1, 2, 0, 1], [1, -1, 0, 3, 0]])
+    with torch.no_grad():
+        logits = model(vol, num, cat)
+    want = [[-0.6578367352485657, 0.2106308937072754], [-0.6997801661491394, 0.23293378949165344]]
+    torch.testing.assert_close(logits, torch.tensor(want), rtol=1e-4, atol=1e-5)
+    keys = sorted(model.state_dict())
+    assert len(keys) == 302
+    assert hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] == "74db363e3bdb8e97"
+
+
+def test_weights_freeze_keeps_training_mode_and_freezes_the_projection():
+    model = micro("single", freeze_mode="weights", drop_path_mode="batch")
+    model.set_image_encoder_trainable(False)
+    model.train()
+    frozen = [model.backbone, model.neck_norm, model.pyramid, model.image_proj]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(m.training for m in frozen)  # BN, dropout and stochastic depth stay active
+    stats = model.neck_norm[0][0].running_mean.clone()
+    vol, num, cat = inputs()
+    model(vol, num, cat).sum().backward()
+    assert not torch.equal(model.neck_norm[0][0].running_mean, stats)  # BN statistics keep updating
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(("table_encoder.", "fusion.", "head.")) for n in trainable)
+    # Dropout is live while training: two passes differ.
+    assert not torch.equal(model(vol, num, cat), model(vol, num, cat))
+    model.set_image_encoder_trainable(True)
+    assert all(p.requires_grad for m in frozen for p in m.parameters())
+    # The eval-mode freeze (mmscale's default) leaves the projection trainable and the encoder in eval.
+    evalf = micro("single", freeze_image_encoder=True).train()
+    assert not evalf.backbone.training and all(p.requires_grad for p in evalf.image_proj.parameters())
+
+
+# ------------------------------------------------------------------ refusing bad input by name
+def test_forward_refuses_empty_wrong_dtype_and_non_finite_volumes():
+    model = micro().eval()
+    num, cat = torch.randn(2, 2), torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="volume has an empty dimension"):
+        model(torch.randn(2, 1, 0, 32, 32), num, cat)
+    with pytest.raises(TypeError, match="volume has dtype torch.float64"):
+        model(torch.randn(2, 1, 8, 32, 32, dtype=torch.float64), num, cat)
+    with pytest.raises(TypeError, match="volume must be a floating-point"):
+        model(torch.zeros(2, 1, 8, 32, 32, dtype=torch.long), num, cat)
+    with pytest.raises(TypeError, match="volume must be a torch.Tensor"):
+        model([[0.0]], num, cat)
+    vol = torch.randn(2, 1, 8, 32, 32)
+    vol[1, 0, 3, 4, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"volume has non-finite values.*\[1\]"):
+        model(vol, num, cat)
+    with pytest.raises(ValueError, match="volume has non-finite"):
+        model.spatial_attention_maps(vol)
+    # A flagged-absent sample may hold anything.
+    out = model(vol, num, cat, volume_present=torch.tensor([True, False]))
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="numerical column 0 holds an infinite value"):
+        model(vol[:1], torch.tensor([[float("-inf"), 0.0]]), cat[:1])
+    # Under autocast a lower-precision volume is fine.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(2, 1, 8, 32, 32).bfloat16(), num, cat).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(widths=256), "widths"),
+        (dict(cardinality=0), "cardinality"),
+        (dict(depths=(1, 1.5, 1)), "depths"),
+        (dict(in_channels=True), "in_channels"),
+        (dict(num_heads=(4, 2)), "num_heads"),
+        (dict(num_heads=2.0), "num_heads"),
+        (dict(fusion_dims=(24, 12, 6), num_heads=(4, 5, 2)), "num_heads"),
+        (dict(kan_grid_range=(1.0, -1.0)), "kan_grid_range"),
+        (dict(kan_grid_range=3), "kan_grid_range"),
+        (dict(freeze_image_encoder="no"), "freeze_image_encoder"),
+        (dict(freeze_mode="train"), "freeze_mode"),
+        (dict(se_activation="gelu"), "se_activation"),
+        (dict(drop_path_mode="token"), "drop_path_mode"),
+        (dict(drop_path_schedule="cosine"), "drop_path_schedule"),
+        (dict(fusion_combine="max"), "fusion_combine"),
+        (dict(neck_align_corners=1), "neck_align_corners"),
+        (dict(head_dropout="0.1"), "head_dropout"),
+        (dict(fusion_down_dropout=1.0), "fusion_down_dropout"),
+        (dict(backend="cuda"), "backend"),
+        (dict(mid_widths=(128, 256)), "mid_widths"),
+        (dict(stem_in_channels=0), "stem_in_channels"),
+        (dict(categorical_cardinalities=5), "categorical_cardinalities"),
+        (dict(kan_hidden=(0,)), "kan_hidden"),
+        (dict(se_reduction=-1), "se_reduction"),
+        (dict(msca_kernel_sizes=3), "msca_kernel_sizes"),
+    ],
+)
+def test_ill_typed_config_fields_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MMCAFNetConfig(**kwargs)
+
+
+def test_from_checkpoint_names_the_file_and_the_problem(tmp_path):
+    model = micro()
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.pt"
+    text.write_text("epoch 3: loss 0.4\n")
+    no_model = tmp_path / "no_model.pt"
+    state = model.checkpoint_state()
+    del state["model"]
+    torch.save(state, no_model)
+    bad_schema = tmp_path / "bad_schema.pt"
+    schema = {"columns": [{"name": "age", "kind": "numerical"}, {"name": "sex", "kind": "categorical"}]}
+    torch.save(model.checkpoint_state(table_schema=schema), bad_schema)
+    malformed = tmp_path / "malformed.pt"
+    torch.save(model.checkpoint_state(table_schema={"columns": [{"name": "age"}]}), malformed)
+    wrong_weights = tmp_path / "wrong_weights.pt"
+    state = model.checkpoint_state()
+    state["config"]["num_classes"] = 5
+    torch.save(state, wrong_weights)
+    truncated = tmp_path / "truncated.pt"
+    torch.save(model.checkpoint_state(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2], listed)
+    for path, problem in [
+        (empty, "is an empty file"),
+        (text, "not a torch checkpoint"),
+        (truncated, "not a torch checkpoint"),
+        (no_model, "no 'model' dict"),
+        (bad_schema, "1 numerical and 1 categorical columns, but the config expects 2 and 5"),
+        (malformed, "table_schema 'columns' must be a list"),
+        (wrong_weights, "weights do not fit its config"),
+        (listed, "checkpoint must be a dict"),
+    ]:
+        with pytest.raises(ValueError, match=problem) as info:
+            MMCAFNet.from_checkpoint(path)
+        assert str(path) in str(info.value), path
+    with pytest.raises(FileNotFoundError):
+        MMCAFNet.from_checkpoint(tmp_path / "missing.pt")
