@@ -8,7 +8,7 @@ from mmscale.layers.attention import (
 from mmscale.layers.backbone import GroupedBottleneck3d, PyramidBackbone3d
 from mmscale.layers.cross_attention import (
     CrossAttention,
-    GatedFusionUnit,
+    GatedVectorFusion,
     MultiScaleCrossAttention,
     MultiScaleVectorCrossAttention,
 )
@@ -19,7 +19,7 @@ from mmscale.layers.multiscale_conv import (
     MultiScaleDepthwiseConv3d,
     UpConv3d,
 )
-from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedFusion3d
+from mmscale.layers.pyramid import BidirectionalPyramid3d, GatedMapFusion3d
 from mmscale.layers.squeeze_excitation import SqueezeExcitation3d
 from mmscale.layers.tabular import TabularKANEncoder, TabularTokenizer
 
@@ -33,8 +33,8 @@ __all__ = [
     "BidirectionalPyramid3d",
     "CrossAttention",
     "DropPath",
-    "GatedFusion3d",
-    "GatedFusionUnit",
+    "GatedMapFusion3d",
+    "GatedVectorFusion",
     "GroupedBottleneck3d",
     "KANEncoder",
     "KANLinear",

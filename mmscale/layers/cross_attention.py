@@ -21,7 +21,7 @@ from torch import nn
 __all__ = [
     "adaptive_avg_pool3d",
     "CrossAttention",
-    "GatedFusionUnit",
+    "GatedVectorFusion",
     "MultiScaleCrossAttention",
     "MultiScaleVectorCrossAttention",
 ]
@@ -236,7 +236,7 @@ class CrossAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, context_dim={self.context_dim}"
 
 
-class GatedFusionUnit(nn.Module):
+class GatedVectorFusion(nn.Module):
     """Gated fusion of two vectors: ``u = W_x a, v = W_y b, att = softmax(u * v)``,
     ``out = u + u * att + v + v * att``.
 
@@ -252,7 +252,7 @@ class GatedFusionUnit(nn.Module):
         ValueError: a width is < 1.
 
     Example:
-        >>> gfu = GatedFusionUnit(6, 12, 12)
+        >>> gfu = GatedVectorFusion(6, 12, 12)
         >>> gfu(torch.randn(2, 6), torch.randn(2, 12)).shape
         torch.Size([2, 12])
     """
@@ -305,7 +305,7 @@ class MultiScaleVectorCrossAttention(nn.Module):
       ``Linear(dims[0] -> dims[s+1]) + ReLU + Dropout(down_dropout)`` on the
       normalised input (shared by both modalities) and ``map_s`` is
       ``Linear(dims[s] -> dims[s+1])``, one per modality;
-    * the scale outputs are merged coarse-to-fine by :class:`GatedFusionUnit`:
+    * the scale outputs are merged coarse-to-fine by :class:`GatedVectorFusion`:
       for three scales ``f1 = G_1(out_2, out_1)``, ``f = G_0(f1, out_0)``.
 
     With a single key the softmax is identically 1, so each attention equals the
@@ -378,7 +378,7 @@ class MultiScaleVectorCrossAttention(nn.Module):
         )
         self.image_map = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.table_map = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
-        self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(len(dims) - 1))
+        self.merge = nn.ModuleList(GatedVectorFusion(dims[s + 1], dims[s], dims[s]) for s in range(len(dims) - 1))
 
     @property
     def out_dim(self) -> int:
@@ -475,7 +475,7 @@ class MultiScaleCrossAttention(nn.Module):
     ``s + 1``: ``T_{s+1} = Linear(T'_s)``, and ``Linear(V'_s)`` (resampled to the next
     token grid) is added to the next level's volume tokens. The scale output is the
     mean of the present volume tokens plus the mean of the table tokens; outputs are
-    merged coarse-to-fine by :class:`GatedFusionUnit`.
+    merged coarse-to-fine by :class:`GatedVectorFusion`.
 
     Args:
         volume_dims (Sequence[int]): channels of each pyramid level, finest first.
@@ -556,7 +556,7 @@ class MultiScaleCrossAttention(nn.Module):
         )
         self.volume_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.table_next = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
-        self.merge = nn.ModuleList(GatedFusionUnit(dims[s + 1], dims[s], dims[s]) for s in range(n - 1))
+        self.merge = nn.ModuleList(GatedVectorFusion(dims[s + 1], dims[s], dims[s]) for s in range(n - 1))
 
     @property
     def out_dim(self) -> int:

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention3d, UpConv3d
 
-__all__ = ["GatedFusion3d", "BidirectionalPyramid3d"]
+__all__ = ["GatedMapFusion3d", "BidirectionalPyramid3d"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -20,7 +20,7 @@ def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=align_corners)
 
 
-class GatedFusion3d(nn.Module):
+class GatedMapFusion3d(nn.Module):
     """Bottom-up gated fusion of a coarse map ``x`` with a finer map ``y``.
 
     ``y`` is resized to ``x`` (trilinear) and projected to ``channels`` (Conv1x1), then
@@ -48,7 +48,7 @@ class GatedFusion3d(nn.Module):
             but not ``channels`` channels).
 
     Example:
-        >>> gf = GatedFusion3d(16, 8)
+        >>> gf = GatedMapFusion3d(16, 8)
         >>> gf(torch.randn(1, 16, 2, 4, 4), torch.randn(1, 8, 4, 8, 8)).shape
         torch.Size([1, 16, 2, 4, 4])
     """
@@ -111,7 +111,7 @@ class BidirectionalPyramid3d(nn.Module):
 
     Top-down: ``p_L = MSCA_L(x_L)`` on the deepest level; then for each finer level
     ``p_l = MSCA_l(x_l + resize(UpConv3d(p_{l+1})))``. Bottom-up: ``q_1 = p_1`` and
-    ``q_{l+1} = GatedFusion3d(p_{l+1}, q_l)``. One :class:`SpatialAttention3d` can be
+    ``q_{l+1} = GatedMapFusion3d(p_{l+1}, q_l)``. One :class:`SpatialAttention3d` can be
     shared by every level's MSCA (the paper shares it).
 
     Args:
@@ -125,7 +125,7 @@ class BidirectionalPyramid3d(nn.Module):
         align_corners (bool): ``align_corners`` of every trilinear resize in the neck
             (the top-down merge after :class:`UpConv3d` and the gated fusion's resize;
             the published MMCAF-Net uses True).
-        always_project (bool): :class:`GatedFusion3d`'s ``always_project``.
+        always_project (bool): :class:`GatedMapFusion3d`'s ``always_project``.
 
     Shapes:
         features: list of [B, channels[l], D_l, H_l, W_l], finest first -> list of the
@@ -177,7 +177,7 @@ class BidirectionalPyramid3d(nn.Module):
         self.up = nn.ModuleList(UpConv3d(channels[i + 1], channels[i]) for i in range(len(channels) - 1))
         # fuse[i] fuses level i (finer) into level i + 1.
         self.fuse = nn.ModuleList(
-            GatedFusion3d(channels[i + 1], channels[i], align_corners, always_project)
+            GatedMapFusion3d(channels[i + 1], channels[i], align_corners, always_project)
             for i in range(len(channels) - 1)
         )
 

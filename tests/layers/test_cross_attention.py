@@ -1,4 +1,4 @@
-"""CrossAttention, GatedFusionUnit, the published single-vector fusion and MultiScaleCrossAttention."""
+"""CrossAttention, GatedVectorFusion, the published single-vector fusion and MultiScaleCrossAttention."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mmscale.layers import (
     CrossAttention,
-    GatedFusionUnit,
+    GatedVectorFusion,
     MultiScaleCrossAttention,
     MultiScaleVectorCrossAttention,
 )
@@ -115,7 +115,7 @@ def test_pytorch_habit_mask_matches_multihead_attention():
 # ------------------------------------------------------------------ gated fusion unit
 def test_gated_fusion_unit_formula():
     torch.manual_seed(0)
-    gfu = GatedFusionUnit(3, 5, 4)
+    gfu = GatedVectorFusion(3, 5, 4)
     a, b = torch.randn(2, 3), torch.randn(2, 5)
     u, v = gfu.w_x(a), gfu.w_y(b)
     att = torch.softmax(u * v, dim=-1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmscale.layers import BidirectionalPyramid3d, GatedFusion3d
+from mmscale.layers import BidirectionalPyramid3d, GatedMapFusion3d
 
 
 def levels(b=2, chans=(8, 16, 32), sizes=((4, 8, 8), (2, 4, 4), (1, 2, 2)), seed=0):
@@ -18,7 +18,7 @@ def levels(b=2, chans=(8, 16, 32), sizes=((4, 8, 8), (2, 4, 4), (1, 2, 2)), seed
 
 def test_gated_fusion_closed_form():
     torch.manual_seed(0)
-    gf = GatedFusion3d(6, 3)
+    gf = GatedMapFusion3d(6, 3)
     x, y = torch.randn(2, 6, 2, 3, 3), torch.randn(2, 3, 4, 6, 6)
     yr = gf.project(F.interpolate(y, size=(2, 3, 3), mode="trilinear", align_corners=False))
     a = torch.sigmoid(gf.conv_x(x) * gf.conv_y(yr))
@@ -86,7 +86,7 @@ def test_errors():
     with pytest.raises(ValueError, match="channels"):
         BidirectionalPyramid3d((8, 0))
     with pytest.raises(ValueError, match="channels"):
-        GatedFusion3d(0, 4)
+        GatedMapFusion3d(0, 4)
     pyr = BidirectionalPyramid3d((8, 16, 32))
     with pytest.raises(ValueError, match="features must hold 3"):
         pyr(levels()[:2])
@@ -115,7 +115,7 @@ def _resize_aligned(x: torch.Tensor, size) -> torch.Tensor:
 
 def test_gated_fusion_align_corners_true_in_float64():
     torch.manual_seed(0)
-    gf = GatedFusion3d(6, 3, align_corners=True).double()
+    gf = GatedMapFusion3d(6, 3, align_corners=True).double()
     x = torch.randn(2, 6, 2, 3, 3, dtype=torch.float64)
     y = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
     yr = gf.project(_resize_aligned(y, (2, 3, 3)))
@@ -124,28 +124,28 @@ def test_gated_fusion_align_corners_true_in_float64():
     gy = gf.gate_y(torch.cat([yr, yr * a], 1))
     want = x * gx[:, :1] + x * a * gx[:, 1:] + yr * gy[:, :1] + yr * a * gy[:, 1:]
     torch.testing.assert_close(gf(x, y), want, rtol=1e-12, atol=1e-12)
-    unaligned = GatedFusion3d(6, 3).double()
+    unaligned = GatedMapFusion3d(6, 3).double()
     unaligned.load_state_dict(gf.state_dict())
     assert not torch.allclose(unaligned(x, y), want)  # the option matters here
 
 
 def test_gated_fusion_projects_only_resized_maps_when_asked():
     torch.manual_seed(0)
-    gf = GatedFusion3d(4, 4, always_project=False).double()
+    gf = GatedMapFusion3d(4, 4, always_project=False).double()
     x, y = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64), torch.randn(1, 4, 2, 3, 3, dtype=torch.float64)
     a = torch.sigmoid(gf.conv_x(x) * gf.conv_y(y))  # y used as is: no projection
     gx = gf.gate_x(torch.cat([x, x * a], 1))
     gy = gf.gate_y(torch.cat([y, y * a], 1))
     want = x * gx[:, :1] + x * a * gx[:, 1:] + y * gy[:, :1] + y * a * gy[:, 1:]
     torch.testing.assert_close(gf(x, y), want, rtol=1e-12, atol=1e-12)
-    always = GatedFusion3d(4, 4).double()
+    always = GatedMapFusion3d(4, 4).double()
     always.load_state_dict(gf.state_dict())
     assert not torch.allclose(always(x, y), want)
     # Different sizes: resize and project in both settings.
     y2 = torch.randn(1, 4, 4, 6, 5, dtype=torch.float64)
     torch.testing.assert_close(gf(x, y2), always(x, y2))
     with pytest.raises(ValueError, match="always_project"):
-        GatedFusion3d(4, 2, always_project=False)(x, torch.randn(1, 2, 2, 3, 3))
+        GatedMapFusion3d(4, 2, always_project=False)(x, torch.randn(1, 2, 2, 3, 3))
     with pytest.raises(ValueError, match="y must have shape"):
         gf(x, torch.randn(1, 3, 2, 3, 3))
     with pytest.raises(ValueError, match="x must have shape"):
