@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import describe_cpu, ratio_stats, spread_warning, versions, write_json  # noqa: E402
 from benchmarks.naive import NaiveMultiScaleConvAttention3d, NaiveUpConv3d  # noqa: E402
-from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d  # noqa: E402
+from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d, binary_focal_loss  # noqa: E402
 
 SHAPES = {"tiny": (1, 16, 64, 64), "paper": (1, 12, 192, 192)}
 QUICK_SHAPE = (1, 8, 32, 32)
@@ -83,7 +83,7 @@ def make_batch(batch: int, shape: tuple[int, ...], config, device: torch.device)
     cat = torch.stack(
         [torch.randint(0, k, (batch,), generator=g) for k in config.categorical_cardinalities], dim=1
     ) if config.categorical_cardinalities else torch.zeros(batch, 0, dtype=torch.long)
-    labels = torch.randint(0, config.num_classes, (batch,), generator=g)
+    labels = torch.randint(0, max(config.num_classes, 2), (batch,), generator=g)  # 1 logit: binary labels
     return [t.to(device) for t in (vol, num, cat, labels)]
 
 
@@ -102,7 +102,9 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
 
     def train() -> None:
         with autocast:
-            loss = F.cross_entropy(model(vol, num, cat).float(), labels)
+            logits = model(vol, num, cat).float()
+            # The paper preset has one logit (the published binary focal loss).
+            loss = binary_focal_loss(logits, labels) if logits.shape[1] == 1 else F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
