@@ -4,9 +4,10 @@ Data flow: volume -> :class:`PyramidBackbone3d` -> per-level
 BN + ReLU + Dropout -> :class:`BidirectionalPyramid3d` -> fusion with the clinical table
 -> classifier head. Two fusion paths:
 
-* ``"single"`` (the paper): the deepest fused map is global-max-pooled and projected to
-  one image vector; the 7 clinical values go through a KAN to one table vector; the two
-  vectors are fused at widths 24/12/6 by :class:`SingleTokenCrossAttentionFusion`.
+* ``"single"`` (the published model): the deepest fused map is global-max-pooled and
+  projected to one image vector; the 7 clinical values go through a KAN
+  (:class:`TabularKANEncoder`) to one table vector; the two vectors are fused at widths
+  24/12/6 by :class:`MultiScaleVectorCrossAttention`.
 * ``"tokens"`` (mmscale's generalisation): every pyramid level is pooled to a small token
   grid, every clinical feature is a token (:class:`TabularTokenizer`), and
   :class:`MultiScaleCrossAttention` fuses them.
@@ -16,7 +17,9 @@ Missing data: a sample's volume can be absent (``volume_present[b] = False``, or
 -1 categorical, or ``None`` for a whole table). Absent volumes are zeroed before the
 backbone and masked in the fusion; absent table values are replaced by learned
 embeddings (tokens) or learned fill values (KAN path). Absent inputs therefore never
-influence the prediction, and every sample still gets a finite one.
+influence the prediction (in training, the zeroed stand-ins of absent volumes still
+count in BatchNorm's batch statistics, whatever their content was), and every sample
+still gets a finite one.
 """
 
 from __future__ import annotations
