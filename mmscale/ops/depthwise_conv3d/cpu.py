@@ -8,7 +8,12 @@ that run well:
 
 * input gradient (stride 1): a forward depthwise convolution of the output gradient
   with the spatially flipped filters;
-* weight gradient: for every (sample, channel) pair the gradient is the
+* weight gradient, stride 1 with an in-plane window of at most ``3 x 3``: one 2D
+  depthwise weight gradient per depth tap, on the depth planes that tap pairs up
+  (planes are 2D batch items of the channels_last_3d tensors, so nothing is copied),
+  which oneDNN runs with its vectorised 2D depthwise kernel (measured about 3x
+  faster than the grouped convolution below on an AVX2 CPU for ``3 x 3 x 3``);
+* weight gradient otherwise: for every (sample, channel) pair the gradient is the
   cross-correlation of the (zero-padded) input with the output gradient, i.e. one
   grouped convolution whose "filters" are the output gradients
   (``groups = B * C``) and whose output is the tiny ``kd x kh x kw`` window; the
@@ -30,6 +35,58 @@ from einops import rearrange
 _CL = torch.channels_last_3d
 
 
+def _uses_planes(kernel_size: tuple[int, int, int], stride: tuple[int, int, int]) -> bool:
+    """Whether the weight gradient goes through 2D depthwise kernels, one per depth tap."""
+    return tuple(stride) == (1, 1, 1) and kernel_size[1] <= 3 and kernel_size[2] <= 3 and kernel_size != (1, 1, 1)
+
+
+def _planes(t: torch.Tensor) -> torch.Tensor:
+    """[b, C, n, H, W] -> [b * n, C, H, W]: a view when ``t`` is channels_last_3d."""
+    return rearrange(t, "b c n h w -> (b n) c h w")
+
+
+def _weight_grad_by_planes(
+    x: torch.Tensor, grad_out: torch.Tensor, kernel_size: tuple[int, int, int], padding: tuple[int, int, int]
+) -> torch.Tensor:
+    """Stride-1 depthwise weight gradient as one 2D depthwise weight gradient per depth tap.
+
+    Output plane ``d`` pairs with input plane ``d + i - pd`` for depth tap ``i``;
+    taking those planes of every sample as 2D batch items gives the ``kh x kw``
+    slice of the gradient at tap ``i``. Both tensors should be channels_last_3d.
+    """
+    b, c, depth = x.shape[:3]
+    kd, kh, kw = kernel_size
+    pd, ph, pw = padding
+    d_out = grad_out.shape[2]
+    w2d = x.new_empty(c, 1, kh, kw)  # only its shape and dtype are read
+    slices = []
+    for i in range(kd):
+        lo, hi = max(0, pd - i), min(d_out, depth + pd - i)  # output planes with an input plane at tap i
+        if lo >= hi:
+            slices.append(x.new_zeros(c, 1, kh, kw))
+            continue
+        xs = x[:, :, lo + i - pd : hi + i - pd]
+        gs = grad_out[:, :, lo:hi]
+        if b > 1 and hi - lo != depth:
+            # the planes of different samples are not one strided run: one call per sample
+            parts = [
+                torch.ops.aten.convolution_backward(
+                    _planes(gs[j : j + 1]), _planes(xs[j : j + 1]), w2d, None, (1, 1), (ph, pw), (1, 1), False,
+                    (0, 0), c, (False, True, False),
+                )[1]
+                for j in range(b)
+            ]
+            slices.append(torch.stack(parts).sum(0))
+        else:
+            slices.append(
+                torch.ops.aten.convolution_backward(
+                    _planes(gs), _planes(xs), w2d, None, (1, 1), (ph, pw), (1, 1), False, (0, 0), c,
+                    (False, True, False),
+                )[1]
+            )
+    return torch.stack(slices, dim=2)
+
+
 def depthwise_weight_grad(
     x: torch.Tensor,
     grad_out: torch.Tensor,
@@ -39,9 +96,13 @@ def depthwise_weight_grad(
 ) -> torch.Tensor:
     """Weight gradient of a depthwise 3D convolution.
 
+    With stride 1 and an in-plane window of at most ``3 x 3`` it is a sum of 2D
+    depthwise weight gradients, one per depth tap (channels_last_3d input is
+    cheapest); otherwise a grouped convolution in NCDHW (contiguous input is
+    cheapest).
+
     Args:
-        x (torch.Tensor): the convolution's input, [B, C, D, H, W] (contiguous is
-            cheapest: the grouped convolution runs in NCDHW).
+        x (torch.Tensor): the convolution's input, [B, C, D, H, W].
         grad_out (torch.Tensor): gradient of its output, [B, C, D', H', W'].
         kernel_size (tuple[int, int, int]): (kd, kh, kw).
         stride (tuple[int, int, int]): the convolution's stride.
@@ -60,6 +121,10 @@ def depthwise_weight_grad(
     kd, kh, kw = kernel_size
     if kernel_size == (1, 1, 1) and stride == (1, 1, 1):
         return (x * grad_out).sum((0, 2, 3, 4)).view(c, 1, 1, 1, 1)
+    if _uses_planes(kernel_size, stride):
+        return _weight_grad_by_planes(
+            x.contiguous(memory_format=_CL), grad_out.contiguous(memory_format=_CL), kernel_size, padding
+        )
     # [1, B*C, D, H, W]: every (sample, channel) pair is its own group
     x_groups = rearrange(x.contiguous(), "b c d h w -> 1 (b c) d h w")
     # [B*C, 1, D', H', W']: the output gradient plays the filter, dilated by the stride
@@ -114,9 +179,11 @@ class MultiDepthwiseConv3dFunction(torch.autograd.Function):
                 gx = _input_grad_one(x.shape, w, g, stride, p)
                 grad_x = gx if grad_x is None else grad_x.add_(gx)
             if ctx.needs_input_grad[3 + i]:
-                if x_nc is None and w.shape[2:] != (1, 1, 1):
+                k = tuple(w.shape[2:])
+                nc = k != (1, 1, 1) and not _uses_planes(k, stride)
+                if x_nc is None and nc:
                     x_nc = x.contiguous()
-                src = x if w.shape[2:] == (1, 1, 1) else x_nc
+                src = x_nc if nc else x
                 grad_ws[i] = depthwise_weight_grad(src, g, tuple(w.shape[2:]), stride, p)
         return (grad_x, None, None, *grad_ws)
 

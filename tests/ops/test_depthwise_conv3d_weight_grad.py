@@ -1,0 +1,81 @@
+"""The depthwise weight gradient's per-depth-tap 2D path against torch's own gradient, on awkward shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmscale.ops.depthwise_conv3d import cpu, depthwise_weight_grad, multi_depthwise_conv3d_cpu
+from tests.helpers import assert_close
+
+CL = torch.channels_last_3d
+
+CASES = [
+    # (B, C, D, H, W), kernel, padding
+    ((2, 3, 4, 7, 5), (3, 3, 3), (1, 1, 1)),
+    ((1, 1, 1, 1, 1), (3, 3, 3), (1, 1, 1)),  # every tap but the centre falls outside
+    ((3, 5, 2, 11, 13), (5, 3, 3), (2, 1, 1)),  # depth taps with no input plane at all
+    ((2, 2, 7, 5, 3), (1, 3, 3), (0, 1, 1)),  # CT-style anisotropic window
+    ((2, 7, 3, 6, 5), (3, 1, 3), (1, 0, 1)),
+    ((1, 4, 5, 5, 7), (3, 3, 1), (0, 1, 0)),  # no depth padding: fewer output planes
+    ((2, 3, 3, 4, 4), (3, 3, 3), (2, 0, 1)),  # padding wider than the window's half
+]
+
+
+def _expected(x, g, kernel, padding):
+    return torch.nn.grad.conv3d_weight(x.contiguous(), (x.shape[1], 1, *kernel), g.contiguous(), 1, padding, 1,
+                                       x.shape[1])
+
+
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, kernel, padding", CASES)
+def test_plane_weight_grad_matches_torch(shape, kernel, padding, dtype, memory_format):
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
+    out = F.conv3d(x, torch.zeros(shape[1], 1, *kernel, dtype=dtype), None, 1, padding, 1, shape[1])
+    g = torch.randn_like(out).contiguous(memory_format=memory_format)
+    assert cpu._uses_planes(kernel, (1, 1, 1))
+    got = depthwise_weight_grad(x, g, kernel, (1, 1, 1), padding)
+    assert got.shape == (shape[1], 1, *kernel)
+    assert_close(got, _expected(x, g, kernel, padding))
+
+
+def test_float32_plane_weight_grad_is_as_accurate_as_the_grouped_convolution():
+    # float32 rounding only: within twice the error of the grouped convolution, against float64
+    x = torch.randn(2, 16, 6, 24, 24)
+    g = torch.randn(2, 16, 6, 24, 24)
+    exact = _expected(x.double(), g.double(), (3, 3, 3), (1, 1, 1))
+    planes = depthwise_weight_grad(x.contiguous(memory_format=CL), g.contiguous(memory_format=CL), (3, 3, 3),
+                                   (1, 1, 1), (1, 1, 1)).double()
+    # the grouped convolution this path replaces (groups = B * C, the output gradients as filters)
+    corr = F.conv3d(x.reshape(1, 32, 6, 24, 24), g.reshape(32, 1, 6, 24, 24), None, 1, 1, 1, 32)
+    grouped = corr.view(2, 16, 3, 3, 3).sum(0).unsqueeze(1).double()
+    scale = exact.abs().max()
+    assert (planes - exact).abs().max() / scale <= 2 * max((grouped - exact).abs().max() / scale, 1e-7)
+
+
+@pytest.mark.parametrize("kernel, stride, planes", [
+    ((3, 3, 3), (1, 1, 1), True),
+    ((1, 3, 3), (1, 1, 1), True),
+    ((5, 5, 5), (1, 1, 1), False),
+    ((3, 3, 3), (2, 2, 2), False),
+    ((1, 1, 1), (1, 1, 1), False),
+])
+def test_backward_takes_the_plane_path_where_it_applies(monkeypatch, kernel, stride, planes):
+    calls = []
+    real = cpu._weight_grad_by_planes
+
+    def spy(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(cpu, "_weight_grad_by_planes", spy)
+    x = torch.randn(2, 3, 4, 6, 5, requires_grad=True)
+    w = torch.randn(3, 1, *kernel, requires_grad=True)
+    (y,) = multi_depthwise_conv3d_cpu(x, [w], stride)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert calls == ([kernel] if planes else [])
+    padding = tuple(k // 2 for k in kernel)
+    assert_close(w.grad, torch.nn.grad.conv3d_weight(x.detach(), w.shape, g.contiguous(), stride, padding, 1, 3))
