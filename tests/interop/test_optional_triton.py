@@ -102,7 +102,8 @@ with warnings.catch_warnings(record=True) as caught:
         assert torch.equal(y, ref(x))
         counts.append(len(caught))
 assert all(issubclass(w.category, RuntimeWarning) for w in caught)
-assert all("backend='triton'" in str(w.message) for w in caught), [str(w.message) for w in caught]
+assert all("backend='triton' requested but triton is not installed" in str(w.message) for w in caught), [
+    str(w.message) for w in caught]
 print(*counts)
 """, TRITON_INTERPRET="1"))
     first, second, third = map(int, out.split())
