@@ -36,6 +36,8 @@ _OP = "multiscale_depthwise_conv3d"
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type == "meta":  # autocast knows no meta device (shape-only runs)
+        return None
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
