@@ -234,7 +234,7 @@ class MultiScaleConvAttention3d(nn.Module):
         return g_c, g_s
 
     def _gating_backend(self, x: torch.Tensor) -> str:
-        return select_backend(self.backend, x, "gating", gating.supports(x))
+        return select_backend(self.backend, x, "gating", lambda: gating.supports(x))
 
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial-attention gate applied to ``x`` (after channel attention).

@@ -110,7 +110,7 @@ class MultiScaleDepthwiseConv3d(nn.Module):
             str: ``"torch"`` or ``"triton"``.
         """
         weights = [b.conv.weight for b in self.branches]
-        reason = msdc.supports(x, weights, self.stride, self.combine)
+        reason = lambda: msdc.supports(x, weights, self.stride, self.combine)  # noqa: E731
         return select_backend(self.backend, x, "multiscale_depthwise_conv3d", reason)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

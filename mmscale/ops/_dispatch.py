@@ -14,8 +14,26 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
+
+__all__ = [
+    "BACKENDS",
+    "check_backend",
+    "cpu_autocast_enabled",
+    "fallback",
+    "kernels_reason",
+    "load_kernels",
+    "requested_backend",
+    "resolve_backend",
+    "sample_too_large",
+    "select_backend",
+    "strict",
+    "triton_available",
+    "triton_interpret",
+    "triton_unavailable_reason",
+]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -144,7 +162,9 @@ def triton_unavailable_reason(x: torch.Tensor, has_kernel: bool = True) -> str |
     return f"tensors on {x.device.type!r} need CUDA (or TRITON_INTERPRET=1 for CPU tensors)"
 
 
-def select_backend(backend: str, x: torch.Tensor, op: str, reason: str | None) -> str:
+def select_backend(
+    backend: str, x: torch.Tensor, op: str, reason: str | None | Callable[[], str | None]
+) -> str:
     """The one backend decision: ``"triton"`` or ``"torch"`` for ``op`` on ``x``.
 
     ``"auto"`` picks Triton for CUDA tensors the op supports and PyTorch otherwise,
@@ -155,8 +175,10 @@ def select_backend(backend: str, x: torch.Tensor, op: str, reason: str | None) -
         backend (str): ``"auto"`` (defers to ``MMSCALE_BACKEND``), ``"torch"`` or ``"triton"``.
         x (torch.Tensor): the op's main input, e.g. a volume [B, C, D, H, W].
         op (str): the op's name, used in the fallback message.
-        reason (str | None): why the op's kernels cannot run these arguments (the op's
-            ``supports(...)``), or None when they can.
+        reason (str | None | Callable[[], str | None]): why the op's kernels cannot
+            run these arguments (the op's ``supports(...)``), or None when they can;
+            or a function returning it, called only when Triton is in question (not
+            for ``"torch"``, nor for ``"auto"`` on a CPU tensor).
 
     Returns:
         str: ``"torch"`` or ``"triton"``.
@@ -171,8 +193,10 @@ def select_backend(backend: str, x: torch.Tensor, op: str, reason: str | None) -
         'torch'
     """
     wanted = requested_backend(backend)
-    if wanted == "torch":
+    if wanted == "torch" or (wanted == "auto" and not x.is_cuda):
         return "torch"
+    if callable(reason):
+        reason = reason()
     if reason is None:
         return "triton" if wanted == "triton" or x.is_cuda else "torch"
     if wanted == "triton":

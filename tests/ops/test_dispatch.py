@@ -99,3 +99,19 @@ def test_each_op_publishes_why_its_kernels_cannot_run(monkeypatch):
     if _dispatch.triton_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         assert msdc.supports(x, [w3]) is None and gating.supports(x) is None
+
+
+def test_a_lazy_reason_is_computed_only_when_triton_is_in_question():
+    asked = []
+
+    def reason():
+        asked.append(1)
+        return "a reason"
+
+    x = torch.zeros(1)
+    assert select_backend("torch", x, op="lazy", reason=reason) == "torch"
+    assert select_backend("auto", x, op="lazy", reason=reason) == "torch"  # a CPU tensor: no question
+    assert asked == []
+    with pytest.warns(RuntimeWarning, match="a reason"):
+        assert select_backend("triton", x, op="lazy", reason=reason) == "torch"
+    assert asked == [1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["depthwise_conv3d_reference"]
+
 
 def depthwise_conv3d_reference(
     x: torch.Tensor,

@@ -61,7 +61,7 @@ def supports(x: torch.Tensor, *gates: torch.Tensor) -> str | None:
 
 def _kernels(backend: str, op: str, x: torch.Tensor, *gates: torch.Tensor) -> ModuleType | None:
     """The kernel module when ``op`` runs in Triton, else None (a fallback is reported there)."""
-    if select_backend(backend, x, op, supports(x, *gates)) == "triton":
+    if select_backend(backend, x, op, lambda: supports(x, *gates)) == "triton":
         return load_kernels(_KERNELS)
     return None
 

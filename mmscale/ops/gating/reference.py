@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+__all__ = [
+    "apply_gates_reference",
+    "channel_pool_reference",
+    "spatial_pool_reference",
+]
+
 
 def channel_pool_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average and maximum of every channel over D, H, W.

@@ -130,7 +130,7 @@ def multiscale_depthwise_conv3d(
 
 
 def _run(x, weights, steps: Sequence[BatchNormStep], stride, combine: str, backend: str) -> torch.Tensor:
-    if select_backend(backend, x, _OP, supports(x, weights, stride, combine)) == "triton":
+    if select_backend(backend, x, _OP, lambda: supports(x, weights, stride, combine)) == "triton":
         cast = _autocast_dtype(x.device)
         kernels = load_kernels(_KERNELS)
         return kernels.multiscale_depthwise_conv3d_triton(x.to(cast) if cast is not None else x, weights, steps, combine)
