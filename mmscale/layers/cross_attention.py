@@ -399,8 +399,8 @@ class MultiScaleVectorCrossAttention(nn.Module):
         if image is None:
             i0 = table.new_zeros(b, d0)
         else:
-            # Absent images are zeroed first, so their content cannot reach the
-            # BatchNorm statistics.
+            # Absent images are zeroed first, so their content (even NaN) cannot reach
+            # the BatchNorm statistics; in training the zeros themselves still count.
             i0 = self.image_norm(torch.where(image_present[:, None], image, torch.zeros_like(image)))
         t0 = self.table_norm(table)
         img_pad = rearrange(~image_present, "b -> b 1")  # key padding masks (True = ignore)
