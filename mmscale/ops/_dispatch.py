@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "KERNEL_DTYPES",
     "check_backend",
     "cpu_autocast_enabled",
     "fallback",
@@ -28,6 +29,7 @@ __all__ = [
     "requested_backend",
     "resolve_backend",
     "sample_too_large",
+    "dtype_unsupported",
     "select_backend",
     "strict",
     "triton_available",
@@ -36,6 +38,9 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "triton")
+
+# the dtypes every kernel reads and writes (it computes in float32)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _warned: set[str] = set()
 
@@ -243,6 +248,18 @@ def sample_too_large(x: torch.Tensor) -> str | None:
     if d * h * w >= 2**31 or x.shape[1] >= 2**31:
         return f"a sample of {d}x{h}x{w} voxels and {x.shape[1]} channels (the kernels need D*H*W and C below 2**31)"
     return None
+
+
+def dtype_unsupported(dtype: torch.dtype) -> str | None:
+    """Why the kernels cannot take tensors of ``dtype``, or None.
+
+    Example:
+        >>> dtype_unsupported(torch.float64)
+        'dtype torch.float64 (the kernels support float32, float16, bfloat16)'
+    """
+    if dtype in KERNEL_DTYPES:
+        return None
+    return f"dtype {dtype} (the kernels support float32, float16, bfloat16)"
 
 
 def fallback(op: str, reason: str, warn_key: str | None = None) -> None:

@@ -13,6 +13,7 @@ from types import ModuleType
 import torch
 
 from mmscale.ops._dispatch import (
+    dtype_unsupported,
     kernels_reason,
     load_kernels,
     sample_too_large,
@@ -36,7 +37,6 @@ __all__ = [
 ]
 
 _KERNELS = "mmscale.ops.gating.triton"
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def supports(x: torch.Tensor, *gates: torch.Tensor) -> str | None:
@@ -54,8 +54,8 @@ def supports(x: torch.Tensor, *gates: torch.Tensor) -> str | None:
         'dtype torch.float64 (the kernels support float32, float16, bfloat16)'
     """
     for t in (x, *gates):
-        if t.dtype not in _KERNEL_DTYPES:
-            return f"dtype {t.dtype} (the kernels support float32, float16, bfloat16)"
+        if dtype_unsupported(t.dtype):
+            return dtype_unsupported(t.dtype)
     return triton_unavailable_reason(x) or sample_too_large(x) or kernels_reason(_KERNELS)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from mmscale.ops._dispatch import (
+    dtype_unsupported,
     kernels_reason,
     load_kernels,
     sample_too_large,
@@ -30,7 +31,6 @@ from mmscale.ops.msdc.reference import msdc_torch, multiscale_depthwise_conv3d_r
 __all__ = ["multiscale_depthwise_conv3d", "multiscale_depthwise_conv3d_reference", "supports"]
 
 _KERNELS = "mmscale.ops.msdc.triton"
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_BRANCHES = 4  # mirrors mmscale.ops.msdc.triton.MAX_BRANCHES without importing Triton
 _OP = "multiscale_depthwise_conv3d"
 
@@ -70,12 +70,10 @@ def supports(
         return f"{len(weights)} branches (the kernels support 1 to {_MAX_BRANCHES})"
     if any(k % 2 == 0 for w in weights for k in w.shape[2:]):
         return "an even kernel size (the kernels support odd sizes only)"
-    dtype = _autocast_dtype(x.device) or x.dtype
-    if dtype not in _KERNEL_DTYPES:
-        return f"dtype {dtype} (the kernels support float32, float16, bfloat16)"
     if combine not in ("add", "concat"):
         return f"combine={combine!r}"
-    return triton_unavailable_reason(x) or sample_too_large(x) or kernels_reason(_KERNELS)
+    return (dtype_unsupported(_autocast_dtype(x.device) or x.dtype) or triton_unavailable_reason(x)
+            or sample_too_large(x) or kernels_reason(_KERNELS))
 
 
 def multiscale_depthwise_conv3d(
