@@ -1,4 +1,4 @@
-"""The depthwise weight gradient's per-depth-tap 2D path against torch's own gradient, on awkward shapes."""
+"""The depthwise weight gradient's 2D-plane and row-wise paths against torch's own gradient, on awkward shapes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ CASES = [
     ((2, 7, 3, 6, 5), (3, 1, 3), (1, 0, 1)),
     ((1, 4, 5, 5, 7), (3, 3, 1), (0, 1, 0)),  # no depth padding: fewer output planes
     ((2, 3, 3, 4, 4), (3, 3, 3), (2, 0, 1)),  # padding wider than the window's half
+]
+
+
+ROW_CASES = [
+    ((2, 3, 4, 7, 5), (5, 5, 5), (2, 2, 2)),
+    ((1, 1, 1, 1, 1), (5, 5, 5), (2, 2, 2)),
+    ((3, 5, 2, 11, 13), (3, 5, 5), (1, 2, 2)),
+    ((2, 2, 7, 5, 3), (1, 3, 5), (0, 1, 2)),
+    ((2, 3, 3, 4, 29), (3, 3, 7), (1, 1, 3)),  # several column blocks, the last one partial
+    ((1, 4, 5, 5, 14), (5, 5, 5), (0, 2, 1)),  # exactly one column block
+    ((2, 3, 3, 4, 6), (5, 5, 5), (3, 3, 3)),  # padding wider than the window's half
 ]
 
 
@@ -55,27 +66,53 @@ def test_float32_plane_weight_grad_is_as_accurate_as_the_grouped_convolution():
     assert (planes - exact).abs().max() / scale <= 2 * max((grouped - exact).abs().max() / scale, 1e-7)
 
 
-@pytest.mark.parametrize("kernel, stride, planes", [
-    ((3, 3, 3), (1, 1, 1), True),
-    ((1, 3, 3), (1, 1, 1), True),
-    ((5, 5, 5), (1, 1, 1), False),
-    ((3, 3, 3), (2, 2, 2), False),
-    ((1, 1, 1), (1, 1, 1), False),
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, kernel, padding", ROW_CASES)
+def test_row_weight_grad_matches_torch(shape, kernel, padding, dtype, memory_format):
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
+    out = F.conv3d(x, torch.zeros(shape[1], 1, *kernel, dtype=dtype), None, 1, padding, 1, shape[1])
+    g = torch.randn_like(out).contiguous(memory_format=memory_format)
+    assert cpu._uses_rows(kernel, (1, 1, 1))
+    got = depthwise_weight_grad(x, g, kernel, (1, 1, 1), padding)
+    assert got.shape == (shape[1], 1, *kernel)
+    assert_close(got, _expected(x, g, kernel, padding))
+
+
+def test_float32_row_weight_grad_is_closer_to_exact_than_the_grouped_convolution():
+    x = torch.randn(2, 16, 6, 24, 24)
+    g = torch.randn(2, 16, 6, 24, 24)
+    exact = _expected(x.double(), g.double(), (5, 5, 5), (2, 2, 2))
+    rows = depthwise_weight_grad(x, g, (5, 5, 5), (1, 1, 1), (2, 2, 2)).double()
+    corr = F.conv3d(x.reshape(1, 32, 6, 24, 24), g.reshape(32, 1, 6, 24, 24), None, 1, 2, 1, 32)
+    grouped = corr.view(2, 16, 5, 5, 5).sum(0).unsqueeze(1).double()
+    assert (rows - exact).abs().max() <= 2 * max((grouped - exact).abs().max().item(), 1e-7 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("kernel, stride, path", [
+    ((3, 3, 3), (1, 1, 1), "planes"),
+    ((1, 3, 3), (1, 1, 1), "planes"),
+    ((5, 5, 5), (1, 1, 1), "rows"),
+    ((3, 1, 5), (1, 1, 1), "rows"),
+    ((5, 5, 5), (2, 2, 2), None),
+    ((3, 3, 3), (2, 2, 2), None),
+    ((1, 1, 1), (1, 1, 1), None),
 ])
-def test_backward_takes_the_plane_path_where_it_applies(monkeypatch, kernel, stride, planes):
+def test_backward_takes_the_fast_path_where_it_applies(monkeypatch, kernel, stride, path):
     calls = []
-    real = cpu._weight_grad_by_planes
+    for name in ("planes", "rows"):
+        real = getattr(cpu, f"_weight_grad_by_{name}")
 
-    def spy(*args):
-        calls.append(args[2])
-        return real(*args)
+        def spy(*args, name=name, real=real):
+            calls.append(name)
+            return real(*args)
 
-    monkeypatch.setattr(cpu, "_weight_grad_by_planes", spy)
+        monkeypatch.setattr(cpu, f"_weight_grad_by_{name}", spy)
     x = torch.randn(2, 3, 4, 6, 5, requires_grad=True)
     w = torch.randn(3, 1, *kernel, requires_grad=True)
     (y,) = multi_depthwise_conv3d_cpu(x, [w], stride)
     g = torch.randn_like(y)
     y.backward(g)
-    assert calls == ([kernel] if planes else [])
+    assert calls == ([path] if path else [])
     padding = tuple(k // 2 for k in kernel)
     assert_close(w.grad, torch.nn.grad.conv3d_weight(x.detach(), w.shape, g.contiguous(), stride, padding, 1, 3))
