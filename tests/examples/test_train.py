@@ -18,8 +18,20 @@ def test_run_writes_metrics_plots_and_weights_only_checkpoints(trained):
     assert set(KEYS) <= set(metrics) and metrics["positive_class"] == "G"
     for key in KEYS:
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0
-    for png in ("roc.png", "confusion.png"):
+    for png in ("roc.png", "confusion.png", "learning_curve.png", "fold0/learning_curve.png"):
         assert (trained / png).stat().st_size > 1000
+    ci = metrics["auroc_ci95"]
+    assert ci["resamples"] == 2000 and ci["level"] == 0.95
+    if metrics["auroc"] is not None and ci["resamples_used"]:
+        assert ci["low"] <= metrics["auroc"] <= ci["high"]
+    assert metrics["classes"] == {"A": "adenocarcinoma", "G": "squamous cell carcinoma"}
+    assert [h["epoch"] for h in metrics["histories"]["fold 0"]] == [1, 2]
+    fold = json.loads((trained / "fold0" / "metrics.json").read_text())
+    att = fold["attention"]
+    assert set(att["inside_outside_ratio"]) == {"A", "G"} and len(att["map_grid"]) == 3
+    # (here the lesion boxes are larger than the 16-pixel test crops: no "outside", no ratio)
+    assert all(v["n"] >= 0 for v in att["inside_outside_ratio"].values())
+    assert metrics["attention"]["fold"] == 0
     assert len(list((trained / "attention").glob("attention_*.png"))) == 2
     state = torch.load(trained / "fold0" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["finished"]
@@ -117,6 +129,10 @@ def test_bad_config():
         TrainConfig(modality="pet").validate()
     with pytest.raises(ValueError, match="data_dir"):
         TrainConfig(clinical="x.xlsx").validate()
+    with pytest.raises(ValueError, match="overwrite: --overwrite and --resume contradict"):
+        TrainConfig(resume=True, overwrite=True).validate()
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        TrainConfig(on_nonfinite="ignore").validate()
 
 
 def test_table_modality_trains(shared_dirs, tmp_path):
@@ -199,3 +215,127 @@ def test_real_collection_arguments(shared_dirs, tmp_path):
     assert cfg.crop_config().resize == 64 and cfg.crop_config().depth == 4
     metrics = run(cfg)
     assert metrics["task"] == "ag" and (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_auroc_rows_match_sklearn_and_the_bootstrap_interval_behaves():
+    from lung_trainer.metrics import auroc_rows, bootstrap_auroc_ci
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (5, 40)).astype(bool)
+    s = np.round(rng.random((5, 40)) + 0.3 * y, 1)  # rounded: many ties
+    assert np.allclose(auroc_rows(y, s), [roc_auc_score(a, b) for a, b in zip(y, s, strict=True)])
+    assert np.isnan(auroc_rows(np.zeros((1, 4), bool), np.ones((1, 4))))[0]
+
+    def probs(score):
+        return np.stack([1 - score, score], 1)
+
+    y1 = rng.integers(0, 2, 45)
+    p1 = probs(np.clip(0.25 + 0.5 * y1 + 0.3 * rng.standard_normal(45), 0, 1))
+    small = bootstrap_auroc_ci(y1, p1)
+    assert small == bootstrap_auroc_ci(y1, p1)  # seeded: reproducible
+    assert small["low"] <= roc_auc_score(y1, p1[:, 1]) <= small["high"]
+    y4, p4 = np.tile(y1, 4), np.tile(p1, (4, 1))  # same AUROC, 4x the patients: narrower
+    big = bootstrap_auroc_ci(y4, p4)
+    assert big["high"] - big["low"] < 0.75 * (small["high"] - small["low"])
+    none = bootstrap_auroc_ci(np.zeros(6, int), probs(np.linspace(0, 1, 6)))
+    assert none["resamples_used"] == 0 and np.isnan(none["low"])
+
+
+def test_summary_spells_out_the_classes_and_explains_its_markers():
+    from lung_trainer import compute_metrics, format_metrics
+
+    m = compute_metrics(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]]),
+                        ("A", "G"))
+    table = format_metrics(m, "t")
+    assert "G vs A" in table and "pos=" not in table
+    assert "positive class G (squamous cell carcinoma), negative A (adenocarcinoma)" in table
+    assert "95% CI" in table and "bootstrap" in table
+
+
+def test_lesion_boxes_land_on_the_phantom_lesions(shared_dirs, tmp_path):
+    """The box mapped into each evaluation crop covers the phantom lesion (brighter than the
+    lung in a ring around the box)."""
+    from lung_trainer.cli import parse_train_args as parse_args
+    from lung_trainer.data import lesion_boxes_in_crop, load_data
+    from lung_trainer.reporting import box_mask
+    from lung_trainer.runtime import Runtime
+
+    from mmscale.data import center_crop
+
+    phantom, _ = shared_dirs
+    # crops larger than the lesions (resize 96 of the 64-pixel slices: 1.5x, odd offsets)
+    cfg = parse_args(["--phantom-dir", str(phantom), "--phantom-patients", "24", "--cache-root",
+                      str(tmp_path), "--depth", "3", "--resize", "96", "--crop", "40", "--margin", "3",
+                      "--no-progress"])
+    data = load_data(cfg, Runtime())
+    boxes = lesion_boxes_in_crop(cfg, data, data.patient_ids)
+    assert sum(b is not None for b in boxes.values()) == sum(data.has_box) > 0
+    brighter = []
+    for pid, vol in zip(data.patient_ids, data.volumes, strict=True):
+        if boxes[pid] is None:
+            continue
+        sl = center_crop(vol.astype(np.float32), data.crop.crop)[0, data.crop.depth // 2]
+        inside = box_mask(boxes[pid], data.crop.crop)
+        y0, x0, y1, x1 = boxes[pid]
+        assert 0 < y0 < y1 < data.crop.crop - 1 and 0 < x0 < x1 < data.crop.crop - 1
+        assert abs((y0 + y1) / 2 - (data.crop.crop - 1) / 2) <= 1 and abs((x0 + x1) / 2 - (data.crop.crop - 1) / 2) <= 1
+        ring = box_mask((y0 - 4, x0 - 4, y1 + 4, x1 + 4), data.crop.crop) & ~inside  # lung around it
+        brighter.append(sl[inside].mean() > sl[ring].mean() + 0.03)
+    assert np.mean(brighter) >= 0.9
+
+
+def test_attention_statistics_and_the_choice_of_patients():
+    from lung_trainer.reporting import attention_box_stats, pick_both_classes
+
+    gates = torch.full((3, 1, 2, 4, 4), 0.1)
+    gates[0, 0, :, 1:3, 1:3] = 1.0  # patient 0 attends to its lesion (the middle 4x4 of 8x8)
+    gates[1, 0, 0, 0, 0] = 0.3  # off the middle slice: patient 1 stays indifferent there
+    gates[2, 0, 1] = 0.5
+    box = (2.0, 2.0, 5.0, 5.0)
+    stats = attention_box_stats(gates, [0, 1, 1], [box, box, None], ("A", "G"), (4, 8, 8))
+    assert stats["inside_outside_ratio"]["A"] == {"mean": pytest.approx(10.0), "median": pytest.approx(10.0),
+                                                  "n": 1}
+    assert stats["inside_outside_ratio"]["G"]["n"] == 1 and stats["inside_outside_ratio"]["G"]["mean"] == 1.0
+    assert stats["map_grid"] == [2, 4, 4] and -1 <= stats["mean_pairwise_correlation"] <= 1
+    assert pick_both_classes([0, 0, 0, 1, 1], 3) == [0, 3, 1]
+    assert pick_both_classes([0, 0], 4) == [0, 1]
+
+
+def test_focal_loss_trains_a_one_logit_head(shared_dirs, tmp_path):
+    from lung_trainer import run
+    from lung_trainer.cli import parse_train_args as parse_args
+    from lung_trainer.engine import probabilities
+
+    from mmscale.models import MMCAFNet
+
+    phantom, cache = shared_dirs
+    metrics = run(parse_args(small_args(phantom, cache, tmp_path, "--loss", "focal", "--epochs", "1",
+                                        "--attention-patients", "0")))
+    assert metrics["auroc"] is None or 0.0 <= metrics["auroc"] <= 1.0
+    model = MMCAFNet.from_checkpoint(tmp_path / "fold0" / "best.pt")
+    assert model.config.num_classes == 1
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "patient_id,label,p_A,p_G"
+    for row in rows[1:]:
+        p_a, p_g = map(float, row.split(",")[2:])
+        assert abs(p_a + p_g - 1) < 1e-5 and 0 < p_g < 1
+    logits = torch.tensor([[0.0], [2.0]])
+    assert torch.allclose(probabilities(logits), torch.tensor([[0.5, 0.5], [1 - torch.sigmoid(torch.tensor(2.0)),
+                                                                            torch.sigmoid(torch.tensor(2.0))]]))
+    assert torch.allclose(probabilities(torch.zeros(1, 3)), torch.full((1, 3), 1 / 3))
+
+
+def test_loss_choice_is_checked():
+    from lung_trainer import TrainConfig, build_model
+
+    from mmscale.data import TableSchema
+
+    with pytest.raises(ValueError, match="loss: 'focal' is the binary"):
+        TrainConfig(loss="focal", task="4class").validate()
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        TrainConfig(loss="mse").validate()
+    cfg = TrainConfig(loss="ce", model_overrides={"num_classes": 1})
+    with pytest.raises(ValueError, match="model_overrides: num_classes=1 does not fit --loss ce"):
+        build_model(cfg, TableSchema().fit([{"Sex": "M", "Age": 60, "weight (kg)": 70, "T-Stage": "2a",
+                                             "N-Stage": 1, "M-Stage": 0, "Smoking History": 1}]), 1)

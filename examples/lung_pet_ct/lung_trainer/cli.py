@@ -139,6 +139,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="with --modality both: share of training samples shown one modality only")
     g.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                    help="do not weight the loss by inverse class frequency (default: weighted)")
+    g.add_argument("--loss", choices=("ce", "focal"), default=d.loss,
+                   help="ce: cross-entropy on one logit per class; focal: the published head, one logit "
+                        "with a binary focal loss (alpha 0.25, gamma 2; binary tasks only)")
     g.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=d.on_nonfinite,
                    help="a training batch with a non-finite input or loss: stop the run, or skip the "
                         "batch (counted in the log); it never reaches the weights or BatchNorm statistics")

@@ -7,13 +7,15 @@ from dataclasses import dataclass, field, fields
 
 from mmscale.data import CropConfig
 
-__all__ = ["MODALITIES", "NONFINITE_POLICIES", "PHANTOM_CROP", "PHANTOM_VERSION", "REAL_CROP",
+__all__ = ["LOSSES", "MODALITIES", "NONFINITE_POLICIES", "PHANTOM_CROP", "PHANTOM_VERSION", "REAL_CROP",
            "RESUME_FREE", "RESUME_LOGGED", "TASKS", "TrainConfig", "resume_changes"]
 
 # Class letters of each task, in label order.
 TASKS = {"ag": ("A", "G"), "4class": ("A", "B", "E", "G")}
 # Which inputs the model gets.
 MODALITIES = ("image", "table", "both")
+# Training losses: 2-logit cross-entropy, or the published one-logit binary focal loss.
+LOSSES = ("ce", "focal")
 # What the trainer does with a batch whose input or loss is not finite.
 NONFINITE_POLICIES = ("stop", "skip")
 # Bumped whenever the phantom generator's output changes (a new cache folder).
@@ -50,7 +52,11 @@ class TrainConfig:
         freeze_epochs: epochs with the image encoder frozen (staged training).
         modality_dropout: with ``modality="both"``, share of training samples that see
             only one modality (see :func:`modality_dropout`).
-        class_weights: weight the loss by inverse class frequency.
+        class_weights: weight the cross-entropy by inverse class frequency (with the
+            focal loss its ``alpha`` plays that part).
+        loss: ``"ce"`` (cross-entropy on one logit per class) or ``"focal"`` (the
+            published head: one logit, ``mmscale.models.BinaryFocalLoss`` with alpha
+            0.25 and gamma 2; binary tasks only).
         seed: all randomness (split, init, sampler, augmentation, dropout).
         num_workers: DataLoader workers.
         stop_after: stop (as if killed) after this many epochs in this invocation.
@@ -97,6 +103,7 @@ class TrainConfig:
     freeze_epochs: int = 0
     modality_dropout: float = 0.4
     class_weights: bool = True
+    loss: str = "ce"
     seed: int = 0
     num_workers: int = 0
     stop_after: int | None = None
@@ -128,6 +135,11 @@ class TrainConfig:
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "focal" and len(self.classes) != 2:
+            raise ValueError(f"loss: 'focal' is the binary one-logit loss; task {self.task!r} has "
+                             f"{len(self.classes)} classes (use --loss ce)")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite: expected one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
         if not isinstance(self.model_overrides, dict):

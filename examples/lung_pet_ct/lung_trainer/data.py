@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from .config import PHANTOM_VERSION, TrainConfig
 from .runtime import Runtime, barrier, log
 
 __all__ = ["Encoded", "Split", "cache_root", "ensure_phantom", "load_data", "make_splits",
-           "phantom_root", "remove_stale_builds", "table_rows", "task_patients"]
+           "annotation_root", "lesion_boxes_in_crop", "phantom_root", "remove_stale_builds", "table_rows",
+           "task_patients"]
 
 
 def cache_root(cfg: TrainConfig) -> Path:
@@ -205,3 +207,65 @@ class Encoded:
         return LesionDataset(self.volumes, self.numerical, self.categorical, self.labels,
                              crop=crop, train=train, seed=seed)
 
+
+
+def annotation_root(cfg: TrainConfig) -> Path | None:
+    """The annotation archive of the run (the phantom's own without ``--data-dir``)."""
+    if cfg.data_dir is None:
+        from mmscale.data.phantom import ANNOTATION_ARCHIVE
+
+        return phantom_root(cfg) / ANNOTATION_ARCHIVE
+    return Path(cfg.annotations).expanduser() if cfg.annotations else None
+
+
+def lesion_boxes_in_crop(cfg: TrainConfig, data: PreparedData,
+                         ids: Sequence[str]) -> dict[str, tuple[float, float, float, float] | None]:
+    """The lesion box that centred each patient's crop, in the evaluation crop's pixels.
+
+    The cache keeps each crop's lesion centre (the centre of the largest box on the
+    median annotated slice); the box itself is found again among the patient's VOC
+    files as the box with that centre, and mapped through the crop's resize and
+    window. The evaluation (centre) crop puts that box on its middle slice
+    (``depth // 2``).
+
+    Returns:
+        ``{patient: (y0, x0, y1, x1)}`` in crop pixel coordinates, or ``None`` for a
+        patient without a box (a centre-cropped patient, or no annotation found).
+    """
+    from mmscale.data import read_annotations
+
+    root = annotation_root(cfg)
+    crop = data.crop
+    info = {p["id"]: p for p in data.info.get("patients", [])}
+    out: dict[str, tuple[float, float, float, float] | None] = {}
+    for pid in ids:
+        meta = info.get(pid) or {}
+        center, shape = meta.get("center"), meta.get("shape")
+        out[pid] = None
+        if not meta.get("has_box") or center is None or shape is None or root is None:
+            continue
+        folder = root / "Annotation" / pid
+        files = sorted(folder.glob("*.xml")) if folder.is_dir() else sorted(root.rglob(f"{pid}/*.xml"))
+        _, cy, cx = center
+        boxes = []
+        for f in files:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # prepare already reported bad boxes
+                try:
+                    boxes += read_annotations(f)
+                except ValueError:
+                    continue
+        boxes = [b for b in boxes if abs((b.ymin + b.ymax) / 2 - cy) < 1e-6
+                 and abs((b.xmin + b.xmax) / 2 - cx) < 1e-6]
+        if not boxes:
+            continue
+        b = max(boxes, key=lambda b: b.area)
+        sy, sx = crop.resize / shape[1], crop.resize / shape[2]
+        # where the centre lands: the stored window starts at round(c') - stored // 2, the
+        # evaluation crop at (stored - crop) // 2 inside it (see mmscale.data.crop_volume)
+        ry, rx = (cy + 0.5) * sy - 0.5, (cx + 0.5) * sx - 0.5
+        c0 = crop.stored // 2 - (crop.stored - crop.crop) // 2
+        y_c, x_c = c0 + ry - round(ry), c0 + rx - round(rx)
+        out[pid] = (y_c + (b.ymin - cy) * sy, x_c + (b.xmin - cx) * sx,
+                    y_c + (b.ymax - cy) * sy, x_c + (b.xmax - cx) * sx)
+    return out

@@ -28,6 +28,7 @@ from .data import (
     Encoded,
     Split,
     cache_root,
+    lesion_boxes_in_crop,
     load_data,
     make_splits,
     phantom_root,
@@ -35,12 +36,19 @@ from .data import (
     task_patients,
 )
 from .metrics import METRIC_KEYS, compute_metrics, format_metrics
-from .reporting import plot_attention, write_report
+from .reporting import (
+    attention_box_stats,
+    attention_gates,
+    pick_both_classes,
+    plot_attention,
+    write_report,
+)
 from .rundir import RunError, RunLock, check_writable, claim_run_folder, write_output
 from .runtime import Runtime, barrier, log, setup_runtime
 
-__all__ = ["build_model", "forward", "load_checkpoint", "lr_lambda", "modality_dropout", "nonfinite_input",
-           "predict_probs", "rng_state", "run", "save_checkpoint", "set_rng_state", "train_fold"]
+__all__ = ["build_criterion", "build_model", "forward", "load_checkpoint", "lr_lambda", "modality_dropout",
+           "nonfinite_input", "output_logits", "predict_probs", "probabilities", "rng_state", "run",
+           "save_checkpoint", "set_rng_state", "train_fold"]
 
 
 def forward(model: torch.nn.Module, batch: dict, modality: str, device: torch.device) -> torch.Tensor:
@@ -142,11 +150,49 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
     return fn
 
 
+def output_logits(cfg: TrainConfig) -> int:
+    """Logits of the head: one for the focal loss, one per class for cross-entropy."""
+    return 1 if cfg.loss == "focal" else len(cfg.classes)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``[B, C]`` from ``[B, C]`` logits, or from one logit ``[B, 1]``
+    (the probability of the second class, a sigmoid) as ``[B, 2]``."""
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=-1)
+    return logits.softmax(-1)
+
+
+def build_criterion(cfg: TrainConfig, labels: np.ndarray, rt: Runtime):
+    """The loss: ``(logits, labels) -> scalar``; class weights for cross-entropy only."""
+    if cfg.loss == "focal":
+        from mmscale.models import BinaryFocalLoss
+
+        focal = BinaryFocalLoss(alpha=0.25, gamma=2.0)
+        if cfg.class_weights:
+            log(rt, "--loss focal: classes are weighted by the focal loss's alpha (0.25 for the "
+                    "positive class), not by inverse frequency")
+        return lambda logits, y: focal(logits[:, 0], y.float())
+    counts = np.bincount(labels, minlength=len(cfg.classes)).astype(np.float64)
+    weight = (counts.sum() / (len(counts) * np.maximum(counts, 1))) if cfg.class_weights else None
+    return torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(weight, dtype=torch.float32, device=rt.device) if weight is not None else None)
+
+
 def build_model(cfg: TrainConfig, schema: TableSchema, in_channels: int) -> MMCAFNet:
-    """The preset with the table dimensions of ``schema`` and the task's class count."""
+    """The preset with the table dimensions of ``schema`` and the head the loss needs.
+
+    Raises:
+        ValueError: ``model_overrides`` sets a ``num_classes`` that the loss cannot use.
+    """
     overrides = dict(cfg.model_overrides)
     overrides.setdefault("in_channels", in_channels)
-    overrides.setdefault("num_classes", len(cfg.classes))
+    if overrides.get("num_classes", output_logits(cfg)) != output_logits(cfg):
+        raise ValueError(f"model_overrides: num_classes={overrides['num_classes']} does not fit --loss "
+                         f"{cfg.loss} on {len(cfg.classes)} classes (it needs {output_logits(cfg)})")
+    overrides["num_classes"] = output_logits(cfg)
     overrides.setdefault("num_numerical", len(schema.numerical))
     overrides.setdefault("categorical_cardinalities", tuple(max(1, c) for c in schema.cardinalities))
     return MMCAFNet.from_preset(cfg.preset, **overrides)
@@ -162,7 +208,7 @@ def predict_probs(model, dataset: LesionDataset, cfg: TrainConfig, rt: Runtime) 
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32,
                             enabled=rt.amp_dtype is not None):
             logits = forward(model, batch, cfg.modality, rt.device)
-        outs.append(logits.float().softmax(-1).cpu())
+        outs.append(probabilities(logits).cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, len(cfg.classes)), np.float32)
 
 
@@ -250,10 +296,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-    counts = np.bincount(train_set.labels, minlength=len(cfg.classes)).astype(np.float64)
-    weight = (counts.sum() / (len(counts) * np.maximum(counts, 1))) if cfg.class_weights else None
-    criterion = torch.nn.CrossEntropyLoss(
-        weight=torch.tensor(weight, dtype=torch.float32, device=rt.device) if weight is not None else None)
+    criterion = build_criterion(cfg, train_set.labels, rt)
 
     start, best, bad, history, finished = 0, -math.inf, 0, [], False
     if cfg.resume and rt.main:
@@ -281,6 +324,9 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
     ran = 0
     epoch_bar = tqdm(range(start, cfg.epochs), desc=f"fold {fold}", unit="epoch",
                      initial=start, total=cfg.epochs, disable=not (cfg.progress and rt.main))
+    if start < cfg.epochs and not finished:
+        log(rt, f"fold {fold}: training; '*' after an epoch marks a new best validation AUROC "
+                f"(saved as {best_path.name})")
     for epoch in epoch_bar:
         if finished:
             break
@@ -370,7 +416,7 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
         stop = torch.zeros(1, device=rt.device)  # nccl broadcasts CUDA tensors only
         if rt.main:
             probs = predict_probs(model, val_set.dataset(crop.crop, False, 0), cfg, rt)
-            val = compute_metrics(val_set.labels, probs, cfg.classes)
+            val = compute_metrics(val_set.labels, probs, cfg.classes, ci=False)
             improved = _score(val) > best + 1e-6
             if improved:
                 best, bad = _score(val), 0
@@ -412,13 +458,27 @@ def train_fold(cfg: TrainConfig, rt: Runtime, data: PreparedData, split: Split, 
     probs = predict_probs(best_model, test_set.dataset(crop.crop, False, 0), cfg, rt)
     metrics = compute_metrics(test_set.labels, probs, cfg.classes)
     metrics["history"] = history
+    pictures = None
+    if cfg.modality != "table" and len(val_set.ids):
+        # Attention of the best model on every validation patient: statistics for all,
+        # pictures for a few of each class.
+        ds_val = val_set.dataset(crop.crop, False, 0)
+        vols = torch.stack([ds_val[i]["volume"] for i in range(len(ds_val))])
+        gates = attention_gates(best_model, vols.to(rt.device), max(cfg.batch_size, 1))
+        boxes = lesion_boxes_in_crop(cfg, data, val_set.ids)
+        box_list = [boxes[p] for p in val_set.ids]
+        metrics["attention"] = {"patients": "validation", **attention_box_stats(
+            gates, val_set.labels, box_list, cfg.classes, tuple(vols.shape[2:]))}
+        pictures = (ds_val, vols, gates, box_list)
     written += write_report(fold_dir, test_set.labels, probs, test_set.ids, cfg.classes, metrics,
                             f"fold {fold} test")
-    if cfg.modality != "table" and cfg.attention_patients > 0:
-        k = min(cfg.attention_patients, len(val_set.ids))
-        ds_val = val_set.dataset(crop.crop, False, 0)
-        vols = torch.stack([ds_val[i]["volume"] for i in range(k)]).to(rt.device)
-        written += plot_attention(best_model, vols, val_set.ids[:k], fold_dir / "attention")
+    if pictures is not None and cfg.attention_patients > 0:
+        ds_val, vols, gates, box_list = pictures
+        val_probs = predict_probs(best_model, ds_val, cfg, rt)
+        picks = pick_both_classes(val_set.labels, cfg.attention_patients)
+        written += plot_attention(vols[picks], gates[picks], [val_set.ids[i] for i in picks],
+                                  val_set.labels[picks], val_probs[picks], [box_list[i] for i in picks],
+                                  cfg.classes, fold_dir / "attention")
     return {"metrics": metrics, "probs": probs, "labels": test_set.labels, "ids": test_set.ids}
 
 
@@ -513,6 +573,9 @@ def run(cfg: TrainConfig) -> dict | None:
                 metrics[f"{key}_mean"] = float(np.nanmean(vals))
                 metrics[f"{key}_std"] = float(np.nanstd(vals))
         metrics["per_fold"] = [{k: r["metrics"][k] for k in METRIC_KEYS} for r in results]
+        metrics["histories"] = {f"fold {k}": r["metrics"]["history"] for k, r in zip(folds, results, strict=True)}
+        if "attention" in results[0]["metrics"]:
+            metrics["attention"] = {"fold": folds[0], **results[0]["metrics"]["attention"]}
         metrics["task"], metrics["modality"] = cfg.task, cfg.modality
         metrics["wall_time_s"] = round(time.time() - t0, 1)
         written += write_report(Path(cfg.out), y, probs, pids, cfg.classes, metrics,

@@ -18,7 +18,7 @@ from mmscale.models import MMCAFNet
 
 from .config import TrainConfig
 from .data import Encoded, load_data
-from .engine import forward, load_checkpoint, predict_probs
+from .engine import forward, load_checkpoint, predict_probs, probabilities
 from .metrics import compute_metrics, format_metrics
 from .reporting import write_report
 from .runtime import log, setup_runtime
@@ -120,7 +120,7 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
         ValueError: the folder holds no or several patients, no lesion box without
             ``center_crop``, a bad ``row``, or a bad checkpoint.
     """
-    from mmscale.data import crop_patient, scan_tcia
+    from mmscale.data import NoLesionBoxError, crop_patient, scan_tcia
 
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["train_config"])
@@ -147,9 +147,7 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
                       "so the table adds nothing to this prediction", stacklevel=2)
     try:
         pc = crop_patient(rec, cfg.crop_config(), center_fallback=center_crop)
-    except ValueError as err:
-        if "center_fallback" not in str(err):
-            raise
+    except NoLesionBoxError as err:
         raise ValueError(f"annotations: patient {rec.patient_id} has no usable lesion box in "
                          f"{annotations}; pass --center-crop to predict from the volume centre "
                          f"anyway ({err})") from None
@@ -159,7 +157,7 @@ def predict_patient(path: str | os.PathLike, patient_dir: str | os.PathLike,
     batch = {"volume": torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None],
              "numerical": torch.from_numpy(num), "categorical": torch.from_numpy(cat)}
     with torch.no_grad():
-        probs = forward(model, batch, cfg.modality, torch.device("cpu")).softmax(-1)[0].tolist()
+        probs = probabilities(forward(model, batch, cfg.modality, torch.device("cpu")))[0].tolist()
     classes = state.get("classes") or list(cfg.classes)
     return {"patient_id": rec.patient_id,
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
