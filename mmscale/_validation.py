@@ -68,8 +68,10 @@ def non_negative_int(value: object, name: str) -> int:
     return int(value)
 
 
-def positive_ints(values: object, name: str, count: int | None = None) -> tuple[int, ...]:
-    """A non-empty sequence of positive ints (exactly ``count`` of them when given).
+def positive_ints(
+    values: object, name: str, count: int | None = None, allow_empty: bool = False
+) -> tuple[int, ...]:
+    """A sequence of positive ints: non-empty unless ``allow_empty``, exactly ``count`` when given.
 
     Raises:
         ValueError: for a non-sequence, an empty or wrongly sized one, or a bad item.
@@ -78,7 +80,7 @@ def positive_ints(values: object, name: str, count: int | None = None) -> tuple[
         >>> positive_ints([2, 3], "channels")
         (2, 3)
     """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not (values or allow_empty):
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
     if count is not None and len(values) != count:
         raise ValueError(f"{name} must hold {count} positive ints, got {values!r}")

@@ -60,6 +60,12 @@ def test_wrong_kinds_of_data_are_type_errors(call, match):
         call()
 
 
+def test_an_empty_sequence_only_where_allowed():
+    assert positive_ints((), "categorical", allow_empty=True) == ()
+    with pytest.raises(ValueError, match="categorical must be a non-empty sequence"):
+        positive_ints((), "categorical")
+
+
 def test_dtype_mismatch_is_allowed_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         check_dtype(torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1))
