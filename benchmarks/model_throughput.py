@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the image path against the plain reference composition (same weights)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one eval forward and one training step of the image path")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="skip the whole-model throughput table (with --baseline or --profile)")
     args = parser.parse_args(argv)
     if args.quick:
         args.presets, args.warmup, args.iters = "tiny", 1, 1
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["profile"][p] = profile_image_path(p, args, device)
             print_profile(p, report["profile"][p])
             write_json(args.json, report)
-    rows = [bench_preset(p, args, device) for p in presets]
+    rows = [] if args.no_throughput else [bench_preset(p, args, device) for p in presets]
     report["results"] = rows
 
     header = f"{'preset':<7} {'params':>12} {'input':<22} {'dtype':<9} {'infer ms':>10} {'infer vol/s':>12} {'train ms':>10} {'train vol/s':>12}"
