@@ -26,6 +26,7 @@ __all__ = [
     "check_dtype",
     "check_tensor",
     "check_volume",
+    "int_at_least",
     "non_negative_int",
     "odd_triple",
     "positive_int",
@@ -53,6 +54,21 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def int_at_least(value: object, name: str, low: int) -> int:
+    """``value`` as an int if it is an integer >= ``low`` (numpy integers too).
+
+    Raises:
+        ValueError: otherwise (booleans and floats included).
+
+    Example:
+        >>> int_at_least(4, "stem_in_channels", 3)
+        4
+    """
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def non_negative_int(value: object, name: str) -> int:
     """``value`` as an int if it is an integer >= 0 (numpy integers too).
 
@@ -63,9 +79,7 @@ def non_negative_int(value: object, name: str) -> int:
         >>> non_negative_int(0, "numerical")
         0
     """
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return int(value)
+    return int_at_least(value, name, 0)
 
 
 def positive_ints(
