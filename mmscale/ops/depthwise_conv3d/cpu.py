@@ -258,15 +258,9 @@ def multi_depthwise_conv3d_cpu(
 ) -> tuple[torch.Tensor, ...]:
     """Several depthwise 3D convolutions of one input, with the fast CPU backward.
 
-    Args:
-        x (torch.Tensor): input [B, C, D, H, W] (converted to channels_last_3d).
-        weights (Sequence[torch.Tensor]): filters, each [C, 1, kd, kh, kw].
-        stride (tuple[int, int, int]): stride of every convolution.
-        paddings (Sequence[tuple[int, int, int]] | None): zero padding per filter
-            (default ``k // 2`` per axis).
-
-    Returns:
-        tuple[torch.Tensor, ...]: one output [B, C, D', H', W'] per filter.
+    The CPU path of :func:`mmscale.ops.depthwise_conv3d.multi_depthwise_conv3d`: the
+    same arguments and outputs (one [B, C, D', H', W'] per filter [C, 1, kd, kh, kw]);
+    the input [B, C, D, H, W] is converted to channels_last_3d.
 
     Example:
         >>> ys = multi_depthwise_conv3d_cpu(torch.randn(1, 4, 3, 5, 5),
