@@ -298,6 +298,10 @@ def test_attention_statistics_and_the_choice_of_patients():
                                                   "n": 1}
     assert stats["inside_outside_ratio"]["G"]["n"] == 1 and stats["inside_outside_ratio"]["G"]["mean"] == 1.0
     assert stats["map_grid"] == [2, 4, 4] and -1 <= stats["mean_pairwise_correlation"] <= 1
+    # the mean map (patient 0's lesion preference averaged with two indifferent maps) is
+    # the same for both patients with a box
+    base = stats["inside_outside_ratio_of_the_mean_map"]
+    assert base["A"]["mean"] == pytest.approx(base["G"]["mean"]) and 1 < base["A"]["mean"] < 10
     assert pick_both_classes([0, 0, 0, 1, 1], 3) == [0, 3, 1]
     assert pick_both_classes([0, 0], 4) == [0, 1]
 

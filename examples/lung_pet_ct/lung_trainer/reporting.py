@@ -189,33 +189,44 @@ def attention_box_stats(gates: torch.Tensor, labels: Sequence[int], boxes: Seque
         size: the crop's ``(D, H, W)``.
 
     Returns:
-        ``{"inside_outside_ratio": {class: {"mean", "median", "n"}}, "mean_pairwise_correlation",
+        ``{"inside_outside_ratio": {class: {"mean", "median", "n"}},
+        "inside_outside_ratio_of_the_mean_map": (the same), "mean_pairwise_correlation",
         "map_grid", "definition"}``.
     """
     drawn = _as_drawn(gates, size)
+    common = drawn.mean(0)  # one map for everyone: what position alone explains
     mid = size[0] // 2
     ratios: dict[str, list[float]] = {c: [] for c in classes}
+    baseline: dict[str, list[float]] = {c: [] for c in classes}
     for n, (y, box) in enumerate(zip(labels, boxes, strict=True)):
         if box is None:
             continue
         inside = box_mask(box, size[1])
         if inside.any() and (~inside).any():
-            sl = drawn[n, mid]
-            ratios[classes[int(y)]].append(float(sl[inside].mean() / max(sl[~inside].mean(), 1e-12)))
+            for out, sl in ((ratios, drawn[n, mid]), (baseline, common[mid])):
+                out[classes[int(y)]].append(float(sl[inside].mean() / max(sl[~inside].mean(), 1e-12)))
     flat = gates.reshape(len(gates), -1).double().numpy()
     corr = float("nan")
     if len(flat) > 1 and (flat.std(1) > 0).all():
         c = np.corrcoef(flat)
         corr = float(c[np.triu_indices(len(flat), 1)].mean())
+    def summary(values: dict[str, list[float]]) -> dict:
+        return {c: {"mean": float(np.mean(r)) if r else float("nan"),
+                    "median": float(np.median(r)) if r else float("nan"), "n": len(r)}
+                for c, r in values.items()}
+
     return {
-        "inside_outside_ratio": {c: {"mean": float(np.mean(r)) if r else float("nan"),
-                                     "median": float(np.median(r)) if r else float("nan"), "n": len(r)}
-                                 for c, r in ratios.items()},
+        "inside_outside_ratio": summary(ratios),
+        "inside_outside_ratio_of_the_mean_map": summary(baseline),
         "mean_pairwise_correlation": corr,
         "map_grid": list(gates.shape[2:]),
         "definition": ("mean gate inside the lesion box / mean outside it, on the crop's middle slice "
                        "(where the box was annotated), finest pyramid level, each map cell over the "
-                       "voxels it covers; 1 = no preference for the lesion. mean_pairwise_correlation: "
+                       "voxels it covers; 1 = no preference for the lesion. "
+                       "inside_outside_ratio_of_the_mean_map: the same with every patient's map replaced "
+                       "by the mean map over patients: equal values mean the preference is only "
+                       "positional (the lesion is always near the crop centre), not patient-specific. "
+                       "mean_pairwise_correlation: "
                        "Pearson correlation of the maps between patients, averaged over pairs"),
     }
 
