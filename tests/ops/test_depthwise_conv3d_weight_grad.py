@@ -116,3 +116,24 @@ def test_backward_takes_the_fast_path_where_it_applies(monkeypatch, kernel, stri
     assert calls == ([path] if path else [])
     padding = tuple(k // 2 for k in kernel)
     assert_close(w.grad, torch.nn.grad.conv3d_weight(x.detach(), w.shape, g.contiguous(), stride, padding, 1, 3))
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_on_both_fast_paths():
+    x = torch.randn(2, 3, 3, 6, 7)
+    weights = [torch.randn(3, 1, 3, 3, 3), torch.randn(3, 1, 5, 5, 5)]
+
+    def run(fn):
+        xa = x.clone().requires_grad_()
+        ws = [w.clone().requires_grad_() for w in weights]
+        ys = fn(xa, ws)
+        sum((y * (i + 1)).sum() for i, y in enumerate(ys)).backward()
+        return ys, xa.grad, [w.grad for w in ws]
+
+    eager = run(lambda xa, ws: multi_depthwise_conv3d_cpu(xa, ws))
+    compiled = run(torch.compile(lambda xa, ws: multi_depthwise_conv3d_cpu(xa, ws), fullgraph=True))
+    for a, b in zip(compiled[0], eager[0]):
+        assert_close(a.detach(), b.detach())
+    assert_close(compiled[1], eager[1])
+    for a, b in zip(compiled[2], eager[2]):
+        assert_close(a, b)
