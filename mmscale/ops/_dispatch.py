@@ -25,6 +25,7 @@ __all__ = [
     "cpu_autocast_enabled",
     "fallback",
     "kernels_reason",
+    "kernels_unavailable",
     "load_kernels",
     "requested_backend",
     "resolve_backend",
@@ -307,6 +308,26 @@ def kernels_reason(module: str) -> str | None:
 
 
 _KERNEL_MODULES: dict[str, object] = {}  # a plain dict, not lru_cache: Dynamo traces it
+
+
+def kernels_unavailable(x: torch.Tensor, module: str) -> str | None:
+    """Why no kernel of ``module`` can run on ``x`` [B, C, D, H, W], whatever the op's arguments.
+
+    Triton missing, the tensor's device, a sample beyond the kernels' int32 indexing,
+    or a kernel module that fails to import; checked in that order, so a CPU process
+    without ``TRITON_INTERPRET=1`` never imports (decorates) the kernels.
+
+    Returns:
+        str | None: a reason for :func:`select_backend`, or None.
+
+    Example:
+        >>> import os
+        >>> os.environ["TRITON_INTERPRET"], saved = "0", os.environ.get("TRITON_INTERPRET")
+        >>> "CUDA" in kernels_unavailable(torch.zeros(1, 1, 1, 1, 1), "mmscale.ops.gating.triton")
+        True
+        >>> os.environ["TRITON_INTERPRET"] = saved if saved is not None else "0"
+    """
+    return triton_unavailable_reason(x) or sample_too_large(x) or kernels_reason(module)
 
 
 def load_kernels(module: str):

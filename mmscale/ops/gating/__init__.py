@@ -14,11 +14,9 @@ import torch
 
 from mmscale.ops._dispatch import (
     dtype_unsupported,
-    kernels_reason,
+    kernels_unavailable,
     load_kernels,
-    sample_too_large,
     select_backend,
-    triton_unavailable_reason,
 )
 from mmscale.ops.gating.reference import (
     apply_gates_reference,
@@ -56,7 +54,7 @@ def supports(x: torch.Tensor, *gates: torch.Tensor) -> str | None:
     for t in (x, *gates):
         if dtype_unsupported(t.dtype):
             return dtype_unsupported(t.dtype)
-    return triton_unavailable_reason(x) or sample_too_large(x) or kernels_reason(_KERNELS)
+    return kernels_unavailable(x, _KERNELS)
 
 
 def _kernels(backend: str, op: str, x: torch.Tensor, *gates: torch.Tensor) -> ModuleType | None:

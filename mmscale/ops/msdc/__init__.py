@@ -19,11 +19,9 @@ import torch
 
 from mmscale.ops._dispatch import (
     dtype_unsupported,
-    kernels_reason,
+    kernels_unavailable,
     load_kernels,
-    sample_too_large,
     select_backend,
-    triton_unavailable_reason,
 )
 from mmscale.ops.batch_norm import BatchNormState, BatchNormStep, begin_batch_norm
 from mmscale.ops.msdc.reference import msdc_torch, multiscale_depthwise_conv3d_reference
@@ -72,8 +70,7 @@ def supports(
         return "an even kernel size (the kernels support odd sizes only)"
     if combine not in ("add", "concat"):
         return f"combine={combine!r}"
-    return (dtype_unsupported(_autocast_dtype(x.device) or x.dtype) or triton_unavailable_reason(x)
-            or sample_too_large(x) or kernels_reason(_KERNELS))
+    return dtype_unsupported(_autocast_dtype(x.device) or x.dtype) or kernels_unavailable(x, _KERNELS)
 
 
 def multiscale_depthwise_conv3d(
