@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mmscale._validation import positive_int
 from mmscale.layers.pooling import adaptive_avg_pool3d
 
 __all__ = [
@@ -29,19 +30,13 @@ __all__ = [
 ]
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def _as_dims(name: str, dim: int | Sequence[int], count: int) -> tuple[int, ...]:
     """Expand a width (or one width per scale) to a tuple of ``count`` widths."""
     dims = (dim,) * count if isinstance(dim, int) else tuple(dim)
     if len(dims) != count:
         raise ValueError(f"{name} must be an int or {count} ints (one per scale), got {dim!r}")
     for d in dims:
-        _check_positive_int(name, d)
+        positive_int(d, name)
     return dims
 
 
@@ -98,11 +93,11 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("num_heads", num_heads)
+        positive_int(dim, "dim")
+        positive_int(num_heads, "num_heads")
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
-        context_dim = dim if context_dim is None else _check_positive_int("context_dim", context_dim)
+        context_dim = dim if context_dim is None else positive_int(context_dim, "context_dim")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dim = dim
@@ -225,8 +220,8 @@ class GatedVectorFusion(nn.Module):
 
     def __init__(self, a_dim: int, b_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.w_x = nn.Linear(_check_positive_int("a_dim", a_dim), _check_positive_int("out_dim", out_dim))
-        self.w_y = nn.Linear(_check_positive_int("b_dim", b_dim), out_dim)
+        self.w_x = nn.Linear(positive_int(a_dim, "a_dim"), positive_int(out_dim, "out_dim"))
+        self.w_y = nn.Linear(positive_int(b_dim, "b_dim"), out_dim)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Fuse ``a`` and ``b``.
@@ -482,8 +477,8 @@ class MultiScaleCrossAttention(nn.Module):
         if not volume_dims:
             raise ValueError("volume_dims must list at least one pyramid level")
         for c in volume_dims:
-            _check_positive_int("volume_dims", c)
-        _check_positive_int("tabular_dim", tabular_dim)
+            positive_int(c, "volume_dims")
+        positive_int(tabular_dim, "tabular_dim")
         n = len(volume_dims)
         dims = _as_dims("dim", dim, n)
         grids = tuple(tokens_per_level)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mmscale._validation import non_negative_int, positive_int
+
 __all__ = ["KANLinear", "KANEncoder", "bspline_bases"]
 
 
@@ -85,15 +87,10 @@ class KANLinear(nn.Module):
         grid_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-            ("grid_size", grid_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(spline_order, int) or spline_order < 0:
-            raise ValueError(f"spline_order must be an int >= 0, got {spline_order!r}")
+        in_features = positive_int(in_features, "in_features")
+        out_features = positive_int(out_features, "out_features")
+        grid_size = positive_int(grid_size, "grid_size")
+        spline_order = non_negative_int(spline_order, "spline_order")
         if len(grid_range) != 2 or not float(grid_range[0]) < float(grid_range[1]):
             raise ValueError(f"grid_range must be (low, high) with low < high, got {grid_range!r}")
         self.in_features = in_features

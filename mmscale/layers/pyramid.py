@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention3d, UpConv3d
+from mmscale._validation import positive_ints
+from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention3d
+from mmscale.layers.multiscale_conv import UpConv3d
 
 __all__ = ["GatedMapFusion3d", "BidirectionalPyramid3d"]
 
@@ -155,9 +157,9 @@ class BidirectionalPyramid3d(nn.Module):
         always_project: bool = True,
     ) -> None:
         super().__init__()
-        channels = tuple(channels)
-        if len(channels) < 2 or any((not isinstance(c, int)) or c < 1 for c in channels):
-            raise ValueError(f"channels must list at least two ints >= 1, got {channels!r}")
+        channels = positive_ints(tuple(channels), "channels")
+        if len(channels) < 2:
+            raise ValueError(f"channels must list at least two levels, got {channels!r}")
         self.channels = channels
         self.align_corners = bool(align_corners)
         shared = SpatialAttention3d(spatial_kernel) if share_spatial_attention else None

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mmscale._validation import non_negative_int, positive_int, positive_ints
 from mmscale.layers.kan import KANEncoder
 
 __all__ = ["TabularTokenizer", "TabularKANEncoder", "validate_table"]
@@ -180,15 +181,11 @@ class TabularTokenizer(nn.Module):
 
     def __init__(self, numerical: int, categorical: Sequence[int], dim: int) -> None:
         super().__init__()
-        if not isinstance(numerical, int) or numerical < 0:
-            raise ValueError(f"numerical must be an int >= 0, got {numerical!r}")
-        categorical = tuple(categorical)
-        if any((not isinstance(c, int)) or c < 1 for c in categorical):
-            raise ValueError(f"categorical must be cardinalities >= 1, got {categorical!r}")
+        numerical = non_negative_int(numerical, "numerical")
+        categorical = positive_ints(tuple(categorical), "categorical", allow_empty=True)
         if numerical + len(categorical) == 0:
             raise ValueError("numerical and categorical describe no features (need at least one)")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        dim = positive_int(dim, "dim")
         self.num_numerical = numerical
         self.categorical_cardinalities = categorical
         self.dim = dim
@@ -310,11 +307,8 @@ class TabularKANEncoder(nn.Module):
         grid_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         super().__init__()
-        if isinstance(numerical, bool) or not isinstance(numerical, int) or numerical < 0:
-            raise ValueError(f"numerical must be an int >= 0, got {numerical!r}")
-        categorical = tuple(categorical)
-        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in categorical):
-            raise ValueError(f"categorical must be cardinalities >= 1, got {categorical!r}")
+        numerical = non_negative_int(numerical, "numerical")
+        categorical = positive_ints(tuple(categorical), "categorical", allow_empty=True)
         if numerical + len(categorical) == 0:
             raise ValueError("numerical and categorical describe no features (need at least one)")
         self.num_numerical = numerical

@@ -36,7 +36,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from mmscale.layers._checks import check_dtype, check_volume
+from mmscale._validation import check_dtype, check_volume, int_at_least
 from mmscale.layers.backbone import DROP_PATH_SCHEDULES, PyramidBackbone3d
 from mmscale.layers.cross_attention import MultiScaleCrossAttention, MultiScaleVectorCrossAttention
 from mmscale.layers.drop_path import DROP_PATH_MODES
@@ -267,9 +267,7 @@ def _is_real(v: object) -> bool:
 
 
 def _int_field(cfg: MMCAFNetConfig, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    int_at_least(getattr(cfg, name), name, low)
 
 
 def _int_tuple_field(cfg: MMCAFNetConfig, name: str, low: int, allow_empty: bool = False) -> None:
