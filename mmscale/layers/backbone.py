@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mmscale._validation import int_at_least, positive_int, positive_ints
 from mmscale.layers.drop_path import DROP_PATH_MODES, DropPath
 from mmscale.layers.squeeze_excitation import SE_ACTIVATIONS, SqueezeExcitation3d
 
@@ -184,18 +185,16 @@ class PyramidBackbone3d(nn.Module):
         widths, depths = tuple(widths), tuple(depths)
         if not widths or len(widths) != len(depths):
             raise ValueError(f"widths and depths must be non-empty and equally long, got {widths}, {depths}")
-        if any(d < 1 for d in depths) or any(w < 1 for w in widths):
-            raise ValueError(f"widths and depths must be >= 1, got {widths}, {depths}")
+        widths, depths = positive_ints(widths, "widths"), positive_ints(depths, "depths")
         mid_widths = tuple(w // 2 for w in widths) if mid_widths is None else tuple(mid_widths)
         if len(mid_widths) != len(widths):
             raise ValueError(f"mid_widths must have {len(widths)} entries, got {mid_widths}")
         for m in mid_widths:
             if m < cardinality or m % cardinality:
                 raise ValueError(f"cardinality={cardinality} must divide every mid width, got {mid_widths}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        in_channels = positive_int(in_channels, "in_channels")
         stem_in_channels = in_channels if stem_in_channels is None else stem_in_channels
-        if stem_in_channels < in_channels:
+        if int_at_least(stem_in_channels, "stem_in_channels", 1) < in_channels:
             raise ValueError(
                 f"stem_in_channels={stem_in_channels} must be >= in_channels={in_channels}"
             )

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmscale.layers._checks import positive_int
+from mmscale._validation import positive_int
 
 __all__ = ["SqueezeExcitation3d", "SE_ACTIVATIONS"]
 
