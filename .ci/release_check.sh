@@ -8,7 +8,8 @@
 #      bytecode); the sdist holds no virtual environments, caches or run outputs;
 #   4. install the wheel into a fresh virtual environment (torch==2.13.0 first, so
 #      pip takes the CPU build instead of resolving a CUDA one), import mmscale from
-#      outside the source tree and check the version matches the source.
+#      outside the source tree, check the version matches the source and that no
+#      triton came with it (triton is the optional extra mmscale[triton]).
 #
 # Usage: bash .ci/release_check.sh        (PYTHON=... to choose the interpreter that
 # has `build` and `twine`; default .venv/bin/python, else python3)
@@ -108,6 +109,17 @@ for name in members:
     if junk.search(name.split("/", 1)[-1]):
         problems.append(f"sdist: {name} should not be shipped")
 
+# dependencies: triton only behind the "triton" extra (a CPU install must not pull it)
+metadata = zipfile.ZipFile(wheel).read(f"{dist_info}METADATA").decode()
+requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
+for req in requires:
+    if req.lower().startswith("triton") and 'extra == "triton"' not in req:
+        problems.append(f"wheel: {req!r} makes triton a dependency outside the triton extra")
+for extra in ("triton", "data", "examples", "interop", "dev"):
+    if extra not in extras:
+        problems.append(f"wheel: extra {extra!r} is missing from the metadata")
+
 print(f"wheel: {len(names)} files, all under mmscale/ and {dist_info}")
 print(f"sdist: {len(members)} entries")
 if problems:
@@ -135,6 +147,10 @@ import mmscale.ops
 from mmscale import MultiScaleConvAttention3d
 
 assert "site-packages" in mmscale.__file__, mmscale.__file__
+import importlib.util
+
+# torch's CPU build and the wheel bring no triton: the layers run their PyTorch path
+assert importlib.util.find_spec("triton") is None, "installing the wheel pulled triton"
 import torch
 
 y = MultiScaleConvAttention3d(8)(torch.randn(1, 8, 2, 6, 6))
