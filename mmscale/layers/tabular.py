@@ -64,20 +64,22 @@ def validate_table(
         int: the batch size (``batch_size`` if given, else taken from the tensors).
 
     Raises:
-        ValueError: a tensor has the wrong rank, column count, batch size or dtype, a
+        TypeError: ``numerical`` or ``categorical`` is not a tensor, or has the wrong
+            dtype (floating-point, integer).
+        ValueError: a tensor has the wrong rank, column count or batch size, a
             numerical value is infinite, a categorical code is out of range, or the
             batch size cannot be inferred.
     """
     sizes = []
     if numerical is not None:
         if not isinstance(numerical, torch.Tensor):
-            raise ValueError(f"numerical must be a torch.Tensor or None, got {type(numerical).__name__}")
+            raise TypeError(f"numerical must be a torch.Tensor or None, got {type(numerical).__name__}")
         if numerical.dim() != 2 or numerical.shape[1] != num_numerical:
             raise ValueError(
                 f"numerical must have shape [B, {num_numerical}], got {list(numerical.shape)}"
             )
         if not numerical.is_floating_point():
-            raise ValueError(f"numerical must be a floating-point tensor, got {numerical.dtype}")
+            raise TypeError(f"numerical must be a floating-point tensor, got {numerical.dtype}")
         if _eager() and numerical.numel() > 0 and numerical.device.type != "meta":
             if bool(torch.isinf(numerical).any()):
                 col = int(torch.isinf(numerical).any(dim=0).nonzero()[0, 0])
@@ -89,7 +91,7 @@ def validate_table(
     num_cat = len(categorical_cardinalities)
     if categorical is not None:
         if not isinstance(categorical, torch.Tensor):
-            raise ValueError(
+            raise TypeError(
                 f"categorical must be a torch.Tensor or None, got {type(categorical).__name__}"
             )
         if categorical.dim() != 2 or categorical.shape[1] != num_cat:
@@ -97,7 +99,7 @@ def validate_table(
                 f"categorical must have shape [B, {num_cat}], got {list(categorical.shape)}"
             )
         if categorical.is_floating_point() or categorical.is_complex() or categorical.dtype == torch.bool:
-            raise ValueError(f"categorical must be an integer tensor, got {categorical.dtype}")
+            raise TypeError(f"categorical must be an integer tensor, got {categorical.dtype}")
         if _eager() and categorical.numel() > 0 and categorical.device.type != "meta":
             high = torch.tensor(list(categorical_cardinalities), device=categorical.device)
             bad = (categorical < -1) | (categorical >= high)

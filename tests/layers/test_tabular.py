@@ -94,9 +94,7 @@ def test_constructor_errors(args, name):
     [
         (torch.ones(2, 3), torch.zeros(2, 2, dtype=torch.long), {}, "numerical"),
         (torch.ones(2), torch.zeros(2, 2, dtype=torch.long), {}, "numerical"),
-        (torch.ones(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), {}, "floating"),
         (torch.ones(2, 2), torch.zeros(2, 3, dtype=torch.long), {}, "categorical"),
-        (torch.ones(2, 2), torch.zeros(2, 2), {}, "integer"),
         (torch.ones(2, 2), torch.tensor([[0, 4], [0, 0]]), {}, "column 1"),
         (torch.ones(2, 2), torch.tensor([[-2, 0], [0, 0]]), {}, "column 0"),
         (torch.ones(2, 2), torch.zeros(3, 2, dtype=torch.long), {}, "batch size"),
@@ -108,6 +106,22 @@ def test_forward_errors(num, cat, kw, name):
     tok = TabularTokenizer(2, (3, 4), 5)
     with pytest.raises(ValueError, match=name):
         tok(num, cat, **kw)
+
+
+@pytest.mark.parametrize(
+    "num, cat, name",
+    [
+        (torch.ones(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), "floating"),
+        (torch.ones(2, 2), torch.zeros(2, 2), "integer"),
+        ([[1.0, 2.0]], None, "numerical must be a torch.Tensor"),
+        (None, [[0, 1]], "categorical must be a torch.Tensor"),
+    ],
+)
+def test_forward_type_errors(num, cat, name):
+    """Data of the wrong kind is a TypeError, as in every layer (mmscale._validation's rule)."""
+    tok = TabularTokenizer(2, (3, 4), 5)
+    with pytest.raises(TypeError, match=name):
+        tok(num, cat)
 
 
 # ------------------------------------------------------------------ TabularKANEncoder

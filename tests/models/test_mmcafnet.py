@@ -107,7 +107,6 @@ def test_preset_errors():
         ((torch.randn(2, 8, 32, 32),), {}, "volume"),
         ((torch.randn(2, 1, 8, 32, 32), torch.randn(2, 3)), {}, "numerical"),
         ((torch.randn(2, 1, 8, 32, 32), torch.randn(2, 2), torch.zeros(2, 4, dtype=torch.long)), {}, "categorical"),
-        ((torch.randn(2, 1, 8, 32, 32), torch.randn(2, 2), torch.zeros(2, 5)), {}, "categorical"),
         ((torch.randn(2, 1, 8, 32, 32), torch.randn(2, 2), torch.tensor([[0, 0, 4, 0, 0]] * 2)), {}, "categorical column 2"),
         ((torch.randn(2, 1, 8, 32, 32), torch.randn(3, 2)), {}, "batch size"),
         ((torch.randn(2, 1, 8, 32, 32),), dict(volume_present=torch.ones(2)), "volume_present"),
@@ -118,6 +117,16 @@ def test_forward_errors_name_the_argument(args, kwargs, name):
     model = micro().eval()
     with pytest.raises(ValueError, match=name):
         model(*args, **kwargs)
+
+
+def test_forward_type_errors_name_the_argument():
+    """A table of the wrong kind is a TypeError naming it, like a volume of the wrong dtype."""
+    model = micro().eval()
+    vol = torch.randn(2, 1, 8, 32, 32)
+    with pytest.raises(TypeError, match="categorical must be an integer tensor"):
+        model(vol, torch.randn(2, 2), torch.zeros(2, 5))
+    with pytest.raises(TypeError, match="numerical must be a torch.Tensor"):
+        model(vol, [[1.0, 2.0], [3.0, 4.0]])
 
 
 # ------------------------------------------------------------------ forward, shapes
