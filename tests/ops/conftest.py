@@ -14,9 +14,9 @@ import importlib
 import pytest
 import torch
 
-from mmscale.ops import _triton_utils
-
 pytest.importorskip("triton")
+
+from mmscale.ops import _triton_utils  # noqa: E402  (imports triton)
 
 HAS_CUDA = torch.cuda.is_available()
 
