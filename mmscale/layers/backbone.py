@@ -10,6 +10,7 @@ from torch import nn
 from mmscale._validation import int_at_least, positive_int, positive_ints
 from mmscale.layers.drop_path import DROP_PATH_MODES, DropPath
 from mmscale.layers.squeeze_excitation import SE_ACTIVATIONS, SqueezeExcitation3d
+from mmscale.ops.grouped_conv3d import grouped_conv3d
 
 __all__ = ["GroupedBottleneck3d", "PyramidBackbone3d", "DROP_PATH_SCHEDULES"]
 
@@ -104,6 +105,23 @@ class GroupedBottleneck3d(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
+    def _grouped_conv(self, h: torch.Tensor) -> torch.Tensor:
+        # conv2 through grouped_conv3d (same output, cheaper CPU backward); the module
+        # call when hooks or a replaced/reconfigured module must see it
+        conv = self.conv2
+        if (
+            type(conv) is not nn.Conv3d
+            or conv._forward_hooks
+            or conv._forward_pre_hooks
+            or conv._backward_hooks
+            or conv.bias is not None
+            or conv.padding_mode != "zeros"
+            or conv.dilation != (1, 1, 1)
+            or isinstance(conv.padding, str)
+        ):
+            return conv(h)
+        return grouped_conv3d(h, conv.weight, conv.stride, conv.padding, conv.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x`` [B, C_in, D, H, W]."""
         if self.drop_path.mode == "batch" and not self.drop_path.keep_branch():
@@ -111,7 +129,7 @@ class GroupedBottleneck3d(nn.Module):
             # block's output activation with it.
             return self.shortcut(x)
         h = self.act(self.norm1(self.conv1(x)))
-        h = self.act(self.norm2(self.conv2(h)))
+        h = self.act(self.norm2(self._grouped_conv(h)))
         h = self.se(self.norm3(self.conv3(h)))
         if self.drop_path.mode == "sample":
             h = self.drop_path(h)

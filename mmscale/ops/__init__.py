@@ -13,6 +13,7 @@ from mmscale.ops._dispatch import (
 from mmscale.ops.batch_norm import BatchNormState
 from mmscale.ops.depthwise_conv3d import depthwise_conv3d
 from mmscale.ops.gating import apply_gates, channel_pool, spatial_pool
+from mmscale.ops.grouped_conv3d import grouped_conv3d
 from mmscale.ops.msdc import multiscale_depthwise_conv3d
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "channel_pool",
     "check_backend",
     "depthwise_conv3d",
+    "grouped_conv3d",
     "multiscale_depthwise_conv3d",
     "requested_backend",
     "resolve_backend",
