@@ -18,15 +18,23 @@ from torch import nn
 
 from mmscale.ops.batch_norm import BatchNormState, begin_batch_norm
 
-__all__ = ["CL", "check_batch_stats", "like_input", "linear_bn", "needs_submodule_calls", "rows", "volume"]
+__all__ = [
+    "CL", "check_batch_stats", "like_input", "linear_bn", "needs_submodule_calls", "rows", "volume",
+    "wants_channels_last",
+]
 
 # the memory format of every fused path: channels contiguous, 1x1 convolutions are matrix products
 CL = torch.channels_last_3d
 
 
+def wants_channels_last(x: torch.Tensor) -> bool:
+    """Whether a result made to look like ``x`` is channels_last_3d (else contiguous NCDHW)."""
+    return x.is_contiguous(memory_format=CL) and not x.is_contiguous()
+
+
 def like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Give ``out`` the memory format of ``x`` (channels_last_3d stays, else contiguous)."""
-    if x.is_contiguous(memory_format=CL) and not x.is_contiguous():
+    if wants_channels_last(x):
         return out
     return out.contiguous()
 

@@ -27,6 +27,7 @@ from mmscale.layers.multiscale_conv import (  # noqa: F401 (the last two lived h
 )
 from mmscale.ops import apply_gates, channel_pool, check_backend, gating, spatial_pool
 from mmscale.ops._dispatch import select_backend
+from mmscale.ops.gating.gate_conv import gate_conv3d
 
 __all__ = ["ChannelAttention3d", "MultiScaleConvAttention3d", "SpatialAttention3d"]
 
@@ -139,7 +140,9 @@ class SpatialAttention3d(nn.Module):
 
     def gate_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """``sigmoid(conv(pooled))`` for pooled maps [B, 2, D, H, W] -> gate [B, 1, D, H, W]."""
-        return torch.sigmoid(self.conv(pooled))
+        if needs_submodule_calls(self):
+            return torch.sigmoid(self.conv(pooled))
+        return torch.sigmoid(gate_conv3d(pooled, self.conv.weight))
 
     def gate(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """The spatial gate ``g_s`` for ``x``.
@@ -288,4 +291,4 @@ class MultiScaleConvAttention3d(nn.Module):
             pooled = torch.cat([gated.mean(1, keepdim=True), gated.amax(1, keepdim=True)], dim=1)
             g_s = self.sa.gate_from_pooled(pooled)  # [B, 1, D, H, W]
             gated = gated.mul_(g_s) if not torch.is_grad_enabled() else gated * g_s
-        return like_input(self.mscb.run(gated, conv_backend), x)
+        return like_input(self.mscb.run(gated, conv_backend, like=x), x)

@@ -33,8 +33,9 @@ from mmscale.layers._fused import (
     needs_submodule_calls,
     rows,
     volume,
+    wants_channels_last,
 )
-from mmscale.ops import check_backend, depthwise_conv3d, msdc, multiscale_depthwise_conv3d
+from mmscale.ops import check_backend, depthwise_conv3d, mscb, msdc, multiscale_depthwise_conv3d
 from mmscale.ops._dispatch import select_backend
 from mmscale.ops.batch_norm import BatchNormState, begin_batch_norm
 
@@ -246,19 +247,49 @@ class MultiScaleConvBlock3d(nn.Module):
         check_dtype(x, self.expand.weight)
         if needs_submodule_calls(self):
             return like_input(reference.multiscale_conv_block_forward(self, x), x)
-        return like_input(self.run(x, self.dwconv.resolve_backend(x)), x)
+        return like_input(self.run(x, self.dwconv.resolve_backend(x), like=x), x)
 
-    def run(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def run(self, x: torch.Tensor, backend: str, like: torch.Tensor | None = None) -> torch.Tensor:
         """The fused path on a checked input, the depthwise stage on a resolved ``backend``.
 
         Args:
             x (torch.Tensor): volume [B, C_in, D, H, W].
             backend (str): ``"torch"`` or ``"triton"`` for the depthwise stage.
+            like (torch.Tensor | None): the tensor whose memory format the result
+                should have (see :func:`mmscale.layers._fused.like_input`); None:
+                channels_last_3d. Paths that can write that format directly do.
 
         Returns:
-            torch.Tensor: [B, C_out, D', H', W'] in channels_last_3d.
+            torch.Tensor: [B, C_out, D', H', W'].
         """
         check_batch_stats(x, [self.expand_bn])
+        to_cl = like is None or wants_channels_last(like)
+        bns = [self.expand_bn, *(b.bn for b in self.dwconv.branches), self.project_bn]
+        states = [BatchNormState.of(bn) for bn in bns]
+        if backend == "torch" and mscb.supports(x, states, self.dwconv.stride, self.dwconv.combine):
+            check_batch_stats(x, bns)
+            return mscb.multiscale_conv_block_train(
+                x,
+                self.expand.weight.flatten(1),
+                [b.conv.weight for b in self.dwconv.branches],
+                self._project_weight(),
+                None if self.shortcut is None else self.shortcut.weight.flatten(1),
+                [begin_batch_norm(s) for s in states],
+                out_channels_last=to_cl,
+            )
+        params = [self.expand.weight, self._project_weight(), *(b.conv.weight for b in self.dwconv.branches),
+                  *(t for bn in bns for t in (bn.weight, bn.bias) if t is not None)]
+        if backend == "torch" and mscb.inference_supported(x, states, self.dwconv.stride, self.dwconv.combine,
+                                                           *params):
+            return mscb.multiscale_conv_block_inference(
+                x,
+                self.expand.weight.flatten(1),
+                [b.conv.weight for b in self.dwconv.branches],
+                self._project_weight(),
+                None if self.shortcut is None else self.shortcut.weight.flatten(1),
+                [begin_batch_norm(s) for s in states],
+                out_channels_last=to_cl,
+            )
         # without autograd, elementwise steps run in place: fresh full-size buffers
         # (page faults on first touch) cost as much as the arithmetic here
         inplace = not (torch.is_grad_enabled() and (x.requires_grad or self.expand.weight.requires_grad))

@@ -101,6 +101,14 @@ def _uses_rows(kernel_size: tuple[int, int, int], stride: tuple[int, int, int]) 
     return tuple(stride) == (1, 1, 1) and kernel_size[2] >= 5 and not _uses_planes(kernel_size, stride)
 
 
+def _zero_outside(t: torch.Tensor, h0: int, nh: int, w0: int, nw: int) -> None:
+    """Zero ``t[..., :, :]`` outside rows ``h0 : h0 + nh`` and columns ``w0 : w0 + nw``."""
+    t[..., :h0, :] = 0
+    t[..., h0 + nh :, :] = 0
+    t[..., h0 : h0 + nh, :w0] = 0
+    t[..., h0 : h0 + nh, w0 + nw :] = 0
+
+
 def _weight_grad_by_rows(
     x: torch.Tensor, grad_out: torch.Tensor, kernel_size: tuple[int, int, int], padding: tuple[int, int, int]
 ) -> torch.Tensor:
@@ -124,12 +132,15 @@ def _weight_grad_by_rows(
     wb = v + kw - 1
     hp = height + 2 * ph  # == h_out + kh - 1 at stride 1
     # [B*C, D * Hp * nblk, wb]: the input padded in H and W, cut into overlapping column blocks
-    xp = x.new_zeros(b, c, depth, hp, nblk * v + kw - 1)
+    # only the borders are zeroed: the interior copy is the first touch of its pages
+    xp = x.new_empty(b, c, depth, hp, nblk * v + kw - 1)
+    _zero_outside(xp, ph, height, pw, width)
     xp[:, :, :, ph : ph + height, pw : pw + width] = x
     xb = xp.unfold(4, wb, v).reshape(b * c, depth * hp * nblk, wb)
     del xp
     # [B*C, D' * Hp * nblk, v]: the output gradient with zero rows and columns to the same grid
-    gp = grad_out.new_zeros(b, c, d_out, hp, nblk * v)
+    gp = grad_out.new_empty(b, c, d_out, hp, nblk * v)
+    _zero_outside(gp, 0, h_out, 0, w_out)
     gp[:, :, :, :h_out, :w_out] = grad_out
     gb = gp.view(b * c, d_out * hp * nblk, v)
     out = x.new_zeros(b * c, kd, kh, kw)

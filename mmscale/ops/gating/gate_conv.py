@@ -1,0 +1,95 @@
+"""The spatial-attention gate convolution (few channels, a large window) with a faster CPU backward.
+
+``SpatialAttention3d`` convolves its two pooled maps ``[B, 2, D, H, W]`` into one
+gate map with a ``7 x 7 x 7`` window. oneDNN runs that forward well, but ATen's
+backward of a convolution with so few channels is slow on CPU: on an AMD EPYC
+(AVX2) at ``[2, 2, 6, 48, 48]`` it took about 235 ms of CPU time against 16 ms for
+the forward. Both gradients are convolutions that run as fast as the forward:
+
+* input gradient (stride 1): the output gradient convolved with the filters
+  flipped in space and with input and output channels swapped (24 ms);
+* weight gradient (stride 1, one group): for input channel ``i`` and output
+  channel ``o`` it is the cross-correlation of ``x[:, i]`` with ``grad[:, o]`` summed
+  over the batch, i.e. one convolution with the batch as its channel axis: input
+  ``x`` with batch and channels swapped, ``[C_in, B, D, H, W]``, "filters" the output
+  gradient swapped the same way, ``[C_out, B, D', H', W']``, and output the window
+  ``[C_in, C_out, kd, kh, kw]`` (21 ms).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmscale.ops._dispatch import cpu_autocast_enabled
+
+__all__ = ["gate_conv3d", "gate_conv3d_supported"]
+
+
+def gate_conv3d_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`gate_conv3d` runs its own backward for these arguments.
+
+    On CPU, float32/float64, outside autocast and outside ``torch.compile`` tracing,
+    with odd window sizes (the convolution keeps the spatial size).
+
+    Args:
+        x (torch.Tensor): input [B, C_in, D, H, W].
+        weight (torch.Tensor): filters [C_out, C_in, kd, kh, kw].
+
+    Returns:
+        bool: True when the faster backward applies.
+
+    Example:
+        >>> gate_conv3d_supported(torch.zeros(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 3, 3))
+        True
+    """
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)()
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and all(k % 2 == 1 for k in weight.shape[2:])
+        and not cpu_autocast_enabled()
+        and not compiling
+    )
+
+
+class _GateConv3d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        padding = tuple(k // 2 for k in weight.shape[2:])
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv3d(x, weight, None, 1, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        padding = ctx.padding
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.flip((2, 3, 4)).transpose(0, 1)  # [C_in, C_out, kd, kh, kw]
+            grad_x = F.conv3d(grad, flipped, None, 1, padding)
+        if ctx.needs_input_grad[1]:
+            # batch as the channel axis: [C_in, B, ...] correlated with [C_out, B, ...]
+            grad_w = F.conv3d(x.transpose(0, 1), grad.transpose(0, 1), None, 1, padding).transpose(0, 1)
+        return grad_x, grad_w
+
+
+def gate_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv3d(x, weight, padding=k // 2)`` (stride 1, one group, no bias), faster backward on CPU.
+
+    Args:
+        x (torch.Tensor): input [B, C_in, D, H, W].
+        weight (torch.Tensor): filters [C_out, C_in, kd, kh, kw], odd sizes.
+
+    Returns:
+        torch.Tensor: [B, C_out, D, H, W].
+
+    Example:
+        >>> tuple(gate_conv3d(torch.randn(2, 2, 3, 5, 5), torch.randn(1, 2, 3, 3, 3)).shape)
+        (2, 1, 3, 5, 5)
+    """
+    if gate_conv3d_supported(x, weight):
+        return _GateConv3d.apply(x, weight)
+    return F.conv3d(x, weight, None, 1, tuple(k // 2 for k in weight.shape[2:]))

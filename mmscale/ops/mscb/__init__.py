@@ -1,0 +1,202 @@
+"""The multi-scale convolution block (MSCB) in training mode as one op, for CPU.
+
+:func:`multiscale_conv_block_train` computes ``BN(W2 @ sum_k ReLU6(BN_k(DWConv_k(
+ReLU6(BN(W1 @ x)))))) + residual`` with every BatchNorm normalising with the batch's
+statistics, and updates their running statistics as ``nn.BatchNorm3d`` does; its
+backward allocates only the buffers it needs (see :mod:`mmscale.ops.mscb.cpu`). The
+plain composition (:func:`mmscale.layers.reference.multiscale_conv_block_forward`)
+is the oracle; :func:`supports` says when this op applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmscale.ops._dispatch import cpu_autocast_enabled
+from mmscale.ops.batch_norm import BatchNormState, BatchNormStep
+from mmscale.ops.mscb.cpu import MSCBTrainFunction, mscb_inference
+
+__all__ = [
+    "inference_supported", "multiscale_conv_block_inference", "multiscale_conv_block_train", "supports",
+]
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _batch_stats_with_affine(s: BatchNormState) -> bool:
+    # what begin_batch_norm will decide: batch statistics, and a scale/shift tensor to use
+    use_batch_stats = s.training or (s.running_mean is None and s.running_var is None)
+    return use_batch_stats and any(t is not None for t in (s.weight, s.bias, s.running_mean, s.running_var))
+
+
+def supports(x: torch.Tensor, states: Sequence[BatchNormState], stride: tuple[int, int, int], combine: str) -> bool:
+    """Whether :func:`multiscale_conv_block_train` computes this call.
+
+    It does on CPU, for float32/float64 outside autocast and outside
+    ``torch.compile``/``torch.export`` tracing (which see the plain ops instead), with
+    stride 1, branches added, and every BatchNorm normalising with batch statistics
+    and having a scale and shift.
+
+    Args:
+        x (torch.Tensor): block input [B, C, D, H, W].
+        states (Sequence[BatchNormState]): the expansion's, each branch's and the
+            projection's BatchNorm (before the call's bookkeeping).
+        stride (tuple[int, int, int]): the depthwise stride.
+        combine (str): ``"add"`` or ``"concat"``.
+
+    Returns:
+        bool: True when the fused training op applies.
+
+    Example:
+        >>> from torch import nn
+        >>> states = [BatchNormState.of(nn.BatchNorm3d(4)) for _ in range(3)]
+        >>> supports(torch.zeros(1, 4, 2, 3, 3), states, (1, 1, 1), "add")
+        True
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and tuple(stride) == (1, 1, 1)
+        and combine == "add"
+        and all(_batch_stats_with_affine(s) for s in states)
+        and not cpu_autocast_enabled()
+        and not _compiling()
+    )
+
+
+def multiscale_conv_block_train(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    dw_weights: Sequence[torch.Tensor],
+    w_project: torch.Tensor,
+    w_shortcut: torch.Tensor | None,
+    steps: Sequence[BatchNormStep],
+    out_channels_last: bool,
+) -> torch.Tensor:
+    """One MSCB forward with batch-statistics BatchNorms, differentiable, stride 1, branches added.
+
+    Args:
+        x (torch.Tensor): input [B, C, D, H, W] (converted to channels_last_3d).
+        w_expand (torch.Tensor): expansion weight [E, C].
+        dw_weights (Sequence[torch.Tensor]): depthwise filters, each [E, 1, kd, kh, kw]
+            (odd sizes, padding ``k // 2``).
+        w_project (torch.Tensor): projection weight [C_out, E] with the channel
+            shuffle folded in.
+        w_shortcut (torch.Tensor | None): residual projection [C_out, C], or None
+            for the identity residual (then C_out == C).
+        steps (Sequence[BatchNormStep]): BatchNorms of the expansion, of each branch
+            and of the projection (``len(dw_weights) + 2``), each with batch statistics.
+        out_channels_last (bool): return channels_last_3d (else contiguous NCDHW).
+
+    Returns:
+        torch.Tensor: [B, C_out, D, H, W].
+
+    Raises:
+        ValueError: if ``steps`` does not hold one BatchNorm per stage.
+
+    Example:
+        >>> from torch import nn
+        >>> from mmscale.ops.batch_norm import BatchNormState, begin_batch_norm
+        >>> steps = [begin_batch_norm(BatchNormState.of(nn.BatchNorm3d(n))) for n in (8, 8, 8, 4)]
+        >>> y = multiscale_conv_block_train(torch.randn(2, 4, 3, 5, 5), torch.randn(8, 4),
+        ...                                 [torch.randn(8, 1, 1, 1, 1), torch.randn(8, 1, 3, 3, 3)],
+        ...                                 torch.randn(4, 8), None, steps, out_channels_last=False)
+        >>> tuple(y.shape)
+        (2, 4, 3, 5, 5)
+    """
+    if len(steps) != len(dw_weights) + 2:
+        raise ValueError(f"steps must hold {len(dw_weights) + 2} BatchNorms (expansion, branches, projection), "
+                         f"got {len(steps)}")
+    return MSCBTrainFunction.apply(
+        x.contiguous(memory_format=torch.channels_last_3d), w_expand, w_project, w_shortcut, bool(out_channels_last),
+        tuple(steps), *dw_weights, *(s.weight for s in steps), *(s.bias for s in steps),
+    )
+
+
+def inference_supported(
+    x: torch.Tensor, states: Sequence[BatchNormState], stride: tuple[int, int, int], combine: str,
+    *params: torch.Tensor,
+) -> bool:
+    """Whether :func:`multiscale_conv_block_inference` computes this call.
+
+    It does when nothing needs a gradient (``torch.no_grad``, inference mode, or no
+    tensor requiring one), every BatchNorm normalises with running statistics,
+    the stride is 1 and the branches are added, for floating-point inputs outside autocast.
+
+    Args:
+        x (torch.Tensor): block input [B, C, D, H, W].
+        states (Sequence[BatchNormState]): the expansion's, each branch's and the
+            projection's BatchNorm.
+        stride (tuple[int, int, int]): the depthwise stride.
+        combine (str): ``"add"`` or ``"concat"``.
+        *params (torch.Tensor): the block's parameters (none may need a gradient).
+
+    Returns:
+        bool: True when the in-place inference path applies.
+
+    Example:
+        >>> from torch import nn
+        >>> states = [BatchNormState.of(nn.BatchNorm3d(4).eval()) for _ in range(3)]
+        >>> inference_supported(torch.zeros(1, 4, 2, 3, 3), states, (1, 1, 1), "add")
+        True
+    """
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
+    batch_stats = any(s.training or (s.running_mean is None and s.running_var is None) for s in states)
+    autocast = cpu_autocast_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
+    return (
+        not grad and not batch_stats and not autocast and tuple(stride) == (1, 1, 1) and combine == "add"
+        and x.is_floating_point() and not _compiling()
+    )
+
+
+def _fold(step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = step.weight * torch.rsqrt(step.running_var + step.eps)
+    return scale, step.bias - step.running_mean * scale
+
+
+def multiscale_conv_block_inference(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    dw_weights: Sequence[torch.Tensor],
+    w_project: torch.Tensor,
+    w_shortcut: torch.Tensor | None,
+    steps: Sequence[BatchNormStep],
+    out_channels_last: bool,
+) -> torch.Tensor:
+    """One MSCB forward without autograd, every BatchNorm folded, elementwise steps in place.
+
+    Arguments as :func:`multiscale_conv_block_train`, with every BatchNorm using its
+    running statistics (see :func:`inference_supported`).
+
+    Returns:
+        torch.Tensor: [B, C_out, D, H, W], channels_last_3d or contiguous as asked.
+
+    Example:
+        >>> from torch import nn
+        >>> from mmscale.ops.batch_norm import BatchNormState, begin_batch_norm
+        >>> steps = [begin_batch_norm(BatchNormState.of(nn.BatchNorm3d(n).eval())) for n in (8, 8, 8, 4)]
+        >>> with torch.no_grad():
+        ...     y = multiscale_conv_block_inference(torch.randn(2, 4, 3, 5, 5), torch.randn(8, 4),
+        ...                                         [torch.randn(8, 1, 1, 1, 1), torch.randn(8, 1, 3, 3, 3)],
+        ...                                         torch.randn(4, 8), None, steps, out_channels_last=False)
+        >>> tuple(y.shape)
+        (2, 4, 3, 5, 5)
+    """
+    if len(steps) != len(dw_weights) + 2:
+        raise ValueError(f"steps must hold {len(dw_weights) + 2} BatchNorms (expansion, branches, projection), "
+                         f"got {len(steps)}")
+    s1, t1 = _fold(steps[0])
+    branch = [_fold(s) for s in steps[1:-1]]
+    s2, t2 = _fold(steps[-1])
+    return mscb_inference(
+        x.contiguous(memory_format=torch.channels_last_3d),
+        w_expand * s1[:, None], t1,
+        [w * sc.view(-1, 1, 1, 1, 1) for w, (sc, _) in zip(dw_weights, branch, strict=True)],
+        [sh for _, sh in branch],
+        w_project * s2[:, None], t2, w_shortcut, out_channels_last,
+    )

@@ -1,0 +1,322 @@
+"""The multi-scale convolution block's training step as one autograd function, for CPU.
+
+Written as separate PyTorch ops, one training step of the block allocates a fresh
+full-size tensor for almost every elementwise step (each BatchNorm output, each
+ReLU6 output, each branch sum, each gradient of those) and autograd keeps most of
+them until the backward. On CPU every fresh large tensor is a fresh memory mapping
+whose pages fault on first touch: at ``[2, 512, 6, 48, 48]`` float32 (57 MB) that
+costs about as much as a whole pass of arithmetic over it. This function computes
+the same step with what it needs and nothing more:
+
+* forward: ``a = x W1^T`` and its BatchNorm with the batch statistics
+  (``native_batch_norm``, which also updates the running statistics as
+  ``F.batch_norm`` does), clamped in place to ``h``; every depthwise branch
+  normalised into one reused buffer, clamped in place and added into the branch
+  sum ``s``; ``p = s W2^T`` computed straight in the memory format the block
+  returns (NCDHW input gives NCDHW output without a conversion pass), normalised,
+  and the residual added in place;
+* backward: the ReLU6 masks are rebuilt in a reused buffer from the saved
+  pre-activations (``0 < clamp(u, 0, 6) < 6`` exactly where ``0 < u < 6``), each
+  BatchNorm's backward is ``native_batch_norm_backward`` (one kernel), the
+  depthwise gradients are those of :mod:`mmscale.ops.depthwise_conv3d.cpu`.
+
+Saved for the backward: the input, ``a``, ``h``, the branch outputs before their
+BatchNorm, the branch sum and ``p`` (the plain composition also keeps every
+normalised and clamped copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmscale.ops.batch_norm import BatchNormStep
+from mmscale.ops.depthwise_conv3d.cpu import depthwise_weight_grad
+
+__all__ = ["MSCBTrainFunction", "mscb_inference"]
+
+_CL = torch.channels_last_3d
+_NBN = torch.ops.aten.native_batch_norm
+_NBN_BACKWARD = torch.ops.aten.native_batch_norm_backward
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, D, H, W] in channels_last_3d -> [B*D*H*W, C] view."""
+    return rearrange(t, "b c d h w -> (b d h w) c")
+
+
+def _bn_forward(z: torch.Tensor, step: BatchNormStep, out: torch.Tensor | None = None):
+    """Batch-statistics BatchNorm of rows ``z`` [N, C] (running statistics updated); (out, mean, invstd)."""
+    if out is None:
+        return _NBN(z, step.weight, step.bias, step.running_mean, step.running_var, True, step.momentum, step.eps)
+    mean = z.new_empty(z.shape[-1] if z.dim() == 2 else z.shape[1])
+    invstd = torch.empty_like(mean)
+    _NBN.out(z, step.weight, step.bias, step.running_mean, step.running_var, True, step.momentum, step.eps,
+             out=out, save_mean=mean, save_invstd=invstd)
+    return out, mean, invstd
+
+
+def _bn_backward(grad, z, step: BatchNormStep, mean, invstd, need_wb: tuple[bool, bool]):
+    """``native_batch_norm_backward`` with batch statistics: (grad_z, grad_weight, grad_bias)."""
+    return _NBN_BACKWARD(grad, z, step.weight, step.running_mean, step.running_var, mean, invstd, True, step.eps,
+                         [True, *need_wb])
+
+
+def _affine(mean: torch.Tensor, invstd: torch.Tensor, step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with ``BN(z) = z * scale + shift`` for the saved statistics."""
+    scale = step.weight * invstd
+    return scale, step.bias - mean * scale
+
+
+class MSCBTrainFunction(torch.autograd.Function):
+    """One MSCB training step (every BatchNorm with batch statistics), stride 1, branches added.
+
+    Arguments of ``apply``: ``x`` [B, C, D, H, W] channels_last_3d; ``w_expand``
+    [E, C]; ``w_project`` [C_out, E] (the channel shuffle already folded in);
+    ``w_shortcut`` [C_out, C] or None (identity residual); ``out_channels_last``
+    (the memory format of the result); ``steps`` (BatchNormSteps: the expansion's,
+    one per branch, the projection's); then the depthwise filters [E, 1, kd, kh, kw]
+    and the affine parameters of every BatchNorm in ``steps`` order (weights, then
+    biases). Returns [B, C_out, D, H, W].
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_expand, w_project, w_shortcut, out_channels_last, steps, *rest):
+        n_br = len(steps) - 2
+        dw = rest[:n_br]
+        b, c, d, h_, w_ = x.shape
+        s_vol = d * h_ * w_
+        e = w_expand.shape[0]
+        xr = _rows(x)  # [N, C]
+        a = torch.mm(xr, w_expand.t())  # [N, E]
+        h, mean_a, invstd_a = _bn_forward(a, steps[0])
+        h.clamp_(0.0, 6.0)
+        hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)  # channels_last_3d view
+        zs, stats = [], []
+        s = tmp = None
+        for wk, step in zip(dw, steps[1:-1], strict=True):
+            ks = tuple(wk.shape[2:])
+            if ks == (1, 1, 1):
+                z = h * wk.view(1, e)
+            else:
+                # oneDNN may answer in NCDHW for an input whose layout is ambiguous (B = 1):
+                # the rows must be contiguous for the out= BatchNorm below
+                z = _rows(F.conv3d(hv, wk, None, 1, tuple(q // 2 for q in ks), 1, e)).contiguous()
+            zs.append(z)
+            if s is None:
+                s, mean, invstd = _bn_forward(z, step)
+                s.clamp_(0.0, 6.0)
+            else:
+                tmp = torch.empty_like(s) if tmp is None else tmp
+                _, mean, invstd = _bn_forward(z, step, out=tmp)
+                s.add_(tmp.clamp_(0.0, 6.0))
+            stats.append((mean, invstd))
+        del tmp
+        if out_channels_last:
+            p = torch.mm(s, w_project.t())  # [N, C_out]
+            y, mean_p, invstd_p = _bn_forward(p, steps[-1])
+            y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
+            out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
+        else:
+            # [B, C_out, S] = W2 @ s_b^T per sample: NCDHW without a conversion pass
+            p = s.new_empty(b, w_project.shape[0], s_vol)
+            for j, s_j in enumerate(s.view(b, s_vol, e)):
+                torch.mm(w_project, s_j.t(), out=p[j])
+            y, mean_p, invstd_p = _bn_forward(p, steps[-1])
+            skip = x if w_shortcut is None else F.conv3d(x, w_shortcut[:, :, None, None, None])
+            y.add_(skip.reshape(b, -1, s_vol))  # a view for NCDHW and channels_last_3d alike
+            out = y.view(b, -1, d, h_, w_)
+        ctx.steps = steps
+        ctx.n_br = n_br
+        ctx.out_channels_last = out_channels_last
+        ctx.stats = [(mean_a, invstd_a), *stats, (mean_p, invstd_p)]
+        ctx.has_shortcut = w_shortcut is not None
+        ctx.save_for_backward(x, w_expand, w_project, w_shortcut, a, h, s, p, *zs, *dw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: differentiate a recomputation instead
+            return _backward_by_recompute(ctx, grad_out)
+        steps, n_br = ctx.steps, ctx.n_br
+        x, w_expand, w_project, w_shortcut, a, h, s, p, *rest = ctx.saved_tensors
+        zs, dw = rest[:n_br], rest[n_br:]
+        needs = ctx.needs_input_grad
+        b, c, d, h_, w_ = x.shape
+        s_vol = d * h_ * w_
+        e = w_expand.shape[0]
+        n_steps = len(steps)
+        # input positions of the BatchNorm affine parameters in apply's argument list
+        first_affine = 6 + n_br
+
+        def need_wb(i: int) -> tuple[bool, bool]:
+            return needs[first_affine + i], needs[first_affine + n_steps + i]
+
+        grad_w = [None] * n_steps
+        grad_b = [None] * n_steps
+        xr = _rows(x)
+        # the projection's BatchNorm, then the projection
+        mean_p, invstd_p = ctx.stats[-1]
+        if ctx.out_channels_last:
+            gy = _rows(grad_out.contiguous(memory_format=_CL))  # [N, C_out]
+            gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
+            gs = torch.mm(gp, w_project)  # [N, E]
+            g_project = torch.mm(gp.t(), s) if needs[2] else None
+        else:
+            gy = grad_out.contiguous().view(b, -1, s_vol)  # [B, C_out, S]
+            gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
+            gs = gp.new_empty(b, s_vol, e)  # [B, S, E], i.e. rows [N, E]
+            g_project = None
+            for j, (gp_j, s_j) in enumerate(zip(gp, s.view(b, s_vol, e), strict=True)):
+                torch.mm(gp_j.t(), w_project, out=gs[j])  # no copy of the transposed gradient
+                if needs[2]:
+                    g_project = torch.mm(gp_j, s_j) if g_project is None else g_project.addmm_(gp_j, s_j)
+            gs = gs.view(-1, e)
+        del gp
+        # the branches: ReLU6 mask from the rebuilt pre-activation, BatchNorm, depthwise conv
+        hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
+        tmp = torch.empty_like(gs)
+        gh = None
+        grad_dw = [None] * n_br
+        for k in range(n_br):
+            z, wk, step = zs[k], dw[k], steps[1 + k]
+            mean, invstd = ctx.stats[1 + k]
+            scale, shift = _affine(mean, invstd, step)
+            torch.addcmul(shift, z, scale, out=tmp)  # the branch's BatchNorm output u
+            torch.ops.aten.hardtanh_backward.grad_input(gs, tmp, 0.0, 6.0, grad_input=tmp)
+            gz, grad_w[1 + k], grad_b[1 + k] = _bn_backward(tmp, z, step, mean, invstd, need_wb(1 + k))
+            ks = tuple(wk.shape[2:])
+            if ks == (1, 1, 1):
+                if needs[6 + k]:
+                    grad_dw[k] = torch.mul(gz, h, out=tmp).sum(0).view(e, 1, 1, 1, 1)
+                gx_k = gz.mul_(wk.view(1, e))
+            else:
+                gzv = rearrange(gz, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
+                pad = tuple(q // 2 for q in ks)
+                if needs[6 + k]:
+                    grad_dw[k] = depthwise_weight_grad(hv, gzv, ks, (1, 1, 1), pad)
+                pad_t = tuple(q - 1 - p for q, p in zip(ks, pad, strict=True))
+                gx_k = _rows(F.conv3d(gzv, wk.flip((2, 3, 4)), None, 1, pad_t, 1, e)).contiguous()
+            del gz
+            gh = gx_k if gh is None else gh.add_(gx_k)
+            del gx_k
+        del tmp, gs
+        # the expansion: ReLU6 mask (0 < h < 6), BatchNorm, matrix product
+        torch.ops.aten.hardtanh_backward.grad_input(gh, h, 0.0, 6.0, grad_input=gh)
+        mean_a, invstd_a = ctx.stats[0]
+        ga, grad_w[0], grad_b[0] = _bn_backward(gh, a, steps[0], mean_a, invstd_a, need_wb(0))
+        del gh
+        g_expand = torch.mm(ga.t(), xr) if needs[1] else None
+        g_shortcut = None
+        grad_x = None
+        if needs[0]:
+            gxr = torch.mm(ga, w_expand)  # [N, C]
+            gx = rearrange(gxr, "(b d h w) c -> b c d h w", b=b, d=d, h=h_, w=w_)
+            if ctx.has_shortcut:
+                gyr = gy if ctx.out_channels_last else _rows(grad_out.contiguous(memory_format=_CL))
+                gxr.addmm_(gyr, w_shortcut)
+            else:
+                gx.add_(grad_out)
+            grad_x = gx
+        if ctx.has_shortcut and needs[3]:
+            gyr = gy if ctx.out_channels_last else _rows(grad_out.contiguous(memory_format=_CL))
+            g_shortcut = torch.mm(gyr.t(), xr)
+        return (grad_x, g_expand, g_project, g_shortcut, None, None, *grad_dw, *grad_w, *grad_b)
+
+
+def _backward_by_recompute(ctx, grad_out):
+    """The backward as a differentiable graph (for double backward): the forward recomputed in plain ops.
+
+    The recomputation normalises with the batch statistics again (the same values)
+    without touching the running statistics.
+    """
+    steps, n_br = ctx.steps, ctx.n_br
+    x, w_expand, w_project, w_shortcut, *rest = ctx.saved_tensors
+    dw = rest[4 + n_br:]
+    inputs = [x, w_expand, w_project, w_shortcut, *dw, *(st.weight for st in steps), *(st.bias for st in steps)]
+    positions = [0, 1, 2, 3, *range(6, 6 + n_br), *range(6 + n_br, 6 + n_br + 2 * len(steps))]
+    # the saved tensors themselves (not detached copies), so the graph reaches the parameters
+    leaves = inputs
+    wanted = [t for t, i in zip(inputs, positions, strict=True) if t is not None and ctx.needs_input_grad[i]]
+    lx, lw1, lw2, lws, *lrest = leaves
+    ldw, lg, lb = lrest[:n_br], lrest[n_br:n_br + len(steps)], lrest[n_br + len(steps):]
+
+    def bn(z, i):
+        return F.batch_norm(z, None, None, lg[i], lb[i], True, 0.0, steps[i].eps)
+
+    with torch.enable_grad():
+        xr = _rows(lx)
+        h = F.hardtanh(bn(xr @ lw1.t(), 0), 0.0, 6.0)
+        hv = rearrange(h, "(b d h w) e -> b e d h w", b=x.shape[0], d=x.shape[2], h=x.shape[3], w=x.shape[4])
+        s = 0
+        for k, wk in enumerate(ldw):
+            z = F.conv3d(hv, wk, None, 1, tuple(q // 2 for q in wk.shape[2:]), 1, wk.shape[0])
+            s = s + F.hardtanh(bn(_rows(z), 1 + k), 0.0, 6.0)
+        y = bn(s @ lw2.t(), len(steps) - 1) + (xr if lws is None else xr @ lws.t())
+        y = rearrange(y, "(b d h w) o -> b o d h w", b=x.shape[0], d=x.shape[2], h=x.shape[3], w=x.shape[4])
+        grads = iter(torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True))
+    out = [next(grads) if t is not None and ctx.needs_input_grad[i] else None
+           for t, i in zip(inputs, positions, strict=True)]
+    gx, g1, g2, gs_, *grest = out
+    return (gx, g1, g2, gs_, None, None, *grest)
+
+
+def mscb_inference(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    b_expand: torch.Tensor,
+    dw_weights: Sequence[torch.Tensor],
+    dw_biases: Sequence[torch.Tensor],
+    w_project: torch.Tensor,
+    b_project: torch.Tensor,
+    w_shortcut: torch.Tensor | None,
+    out_channels_last: bool,
+) -> torch.Tensor:
+    """The block without autograd, every BatchNorm already folded into the weights and biases.
+
+    Writes in place wherever it can: the expansion's buffer becomes the branch sum once
+    the depthwise convolutions have read it, each branch's clamp runs on its own
+    convolution output, and the projection is written straight in the memory format
+    of the result. Shapes as in :class:`MSCBTrainFunction` (biases [E] and [C_out]).
+    """
+    b, c, d, h_, w_ = x.shape
+    s_vol = d * h_ * w_
+    e = w_expand.shape[0]
+    xr = _rows(x)
+    h = torch.addmm(b_expand, xr, w_expand.t()).clamp_(0.0, 6.0)  # [N, E]
+    hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
+    convs, scales = [], []
+    for wk, bk in zip(dw_weights, dw_biases, strict=True):
+        ks = tuple(wk.shape[2:])
+        if ks == (1, 1, 1):
+            scales.append((wk.view(e), bk))
+        else:
+            z = F.conv3d(hv, wk, bk, 1, tuple(q // 2 for q in ks), 1, e)
+            convs.append(_rows(z).contiguous().clamp_(0.0, 6.0))
+    if scales:  # 1x1x1 branches: per-channel scale and shift, in h's own buffer once the convs have read it
+        (w0, b0), rest = scales[0], scales[1:]
+        if rest:
+            base = h.clone()
+            for wk, bk in rest:
+                convs.append(torch.addcmul(bk, base, wk).clamp_(0.0, 6.0))
+            del base
+        s = torch.addcmul(b0, h, w0, out=h).clamp_(0.0, 6.0)
+    else:
+        s = convs.pop(0)
+    for z in convs:
+        s.add_(z)
+    del convs
+    if out_channels_last:
+        y = torch.addmm(b_project, s, w_project.t())
+        y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
+        return rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
+    y = s.new_empty(b, w_project.shape[0], s_vol)
+    for j, s_j in enumerate(s.view(b, s_vol, e)):
+        torch.mm(w_project, s_j.t(), out=y[j])
+    y.add_(b_project.view(1, -1, 1))
+    skip = x if w_shortcut is None else F.conv3d(x, w_shortcut[:, :, None, None, None])
+    y.add_(skip.reshape(b, -1, s_vol))
+    return y.view(b, -1, d, h_, w_)
