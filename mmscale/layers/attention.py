@@ -28,6 +28,7 @@ from mmscale.layers.multiscale_conv import (  # noqa: F401 (the last two lived h
 from mmscale.ops import apply_gates, channel_pool, check_backend, gating, spatial_pool
 from mmscale.ops._dispatch import select_backend
 from mmscale.ops.gating.gate_conv import gate_conv3d
+from mmscale.ops.gating.scale import scale_channels_last
 
 __all__ = ["ChannelAttention3d", "MultiScaleConvAttention3d", "SpatialAttention3d"]
 
@@ -284,10 +285,7 @@ class MultiScaleConvAttention3d(nn.Module):
             g_c = self.ca.gate(x, "torch")  # [B, C, 1, 1, 1]
             # x * g_c is needed for the spatial pooling anyway: keep it (converted to
             # channels_last_3d in the same pass) and apply the spatial gate to it
-            if torch.is_grad_enabled() and (x.requires_grad or g_c.requires_grad):
-                gated = (x * g_c).contiguous(memory_format=CL)
-            else:
-                gated = torch.mul(x, g_c, out=torch.empty_like(x, memory_format=CL))
+            gated = scale_channels_last(x, g_c)
             pooled = torch.cat([gated.mean(1, keepdim=True), gated.amax(1, keepdim=True)], dim=1)
             g_s = self.sa.gate_from_pooled(pooled)  # [B, 1, D, H, W]
             gated = gated.mul_(g_s) if not torch.is_grad_enabled() else gated * g_s

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mmscale.ops.batch_norm import BatchNormStep
+from mmscale.ops.batch_norm import BatchNormStep, update_running_stats
 from mmscale.ops.depthwise_conv3d.cpu import depthwise_weight_grad
 
 __all__ = ["MSCBTrainFunction", "mscb_inference"]
@@ -63,6 +63,29 @@ def _bn_backward(grad, z, step: BatchNormStep, mean, invstd, need_wb: tuple[bool
     """``native_batch_norm_backward`` with batch statistics: (grad_z, grad_weight, grad_bias)."""
     return _NBN_BACKWARD(grad, z, step.weight, step.running_mean, step.running_var, mean, invstd, True, step.eps,
                          [True, *need_wb])
+
+
+def _bn_backward_(grad, z, step: BatchNormStep, mean, invstd, need_wb: tuple[bool, bool]):
+    """:func:`_bn_backward` for rows [N, C], written over ``grad`` instead of a fresh tensor.
+
+    ``native_batch_norm_backward`` gives the two per-channel sums without the input
+    gradient; ``grad_z = scale * (g - mean(g) - zhat * mean(g * zhat))`` is then three
+    in-place passes over ``grad``.
+    """
+    _, sum_g_zhat, sum_g = _NBN_BACKWARD(grad, z, step.weight, None, None, mean, invstd, True, step.eps,
+                                         [False, True, True])
+    n = grad.shape[0]
+    scale = step.weight * invstd
+    m1, m2 = sum_g / n, sum_g_zhat / n
+    beta = -scale * m2 * invstd  # coefficient of z
+    grad.mul_(scale).add_(scale * (m2 * invstd * mean - m1)).addcmul_(z, beta)
+    return grad, sum_g_zhat if need_wb[0] else None, sum_g if need_wb[1] else None
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(0)`` for rows [N, C] without the product tensor (one reduction kernel)."""
+    zeros = a.new_zeros(a.shape[1])
+    return _NBN_BACKWARD(a, b, None, None, None, zeros, torch.ones_like(zeros), True, 0.0, [False, True, False])[1]
 
 
 def _affine(mean: torch.Tensor, invstd: torch.Tensor, step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +119,30 @@ class MSCBTrainFunction(torch.autograd.Function):
         h.clamp_(0.0, 6.0)
         hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)  # channels_last_3d view
         zs, stats = [], []
-        s = tmp = None
+        s = tmp = h_stats = None
+        n_rows = h.shape[0]
         for wk, step in zip(dw, steps[1:-1], strict=True):
             ks = tuple(wk.shape[2:])
             if ks == (1, 1, 1):
-                z = h * wk.view(1, e)
+                # z = w * h per channel: its batch statistics follow from h's, so z is never
+                # written; the branch output comes straight from h
+                if h_stats is None:
+                    # (mean, biased variance) with BatchNorm's own statistics kernel (var_mean
+                    # reduces over the rows about 10x slower)
+                    h_stats = torch.ops.aten.batch_norm_update_stats(h, None, None, 0.0)
+                wv = wk.view(e)
+                mean, var = wv * h_stats[0], wv * wv * h_stats[1]
+                invstd = torch.rsqrt(var + step.eps)
+                update_running_stats([step], mean[None], (var * (n_rows / max(n_rows - 1, 1)))[None])
+                scale, shift = _affine(mean, invstd, step)
+                if s is None:
+                    s = torch.addcmul(shift, h, wv * scale).clamp_(0.0, 6.0)
+                else:
+                    tmp = torch.empty_like(s) if tmp is None else tmp
+                    s.add_(torch.addcmul(shift, h, wv * scale, out=tmp).clamp_(0.0, 6.0))
+                zs.append(None)
+                stats.append((mean, invstd))
+                continue
             else:
                 # oneDNN may answer in NCDHW for an input whose layout is ambiguous (B = 1):
                 # the rows must be contiguous for the out= BatchNorm below
@@ -134,7 +176,9 @@ class MSCBTrainFunction(torch.autograd.Function):
         ctx.out_channels_last = out_channels_last
         ctx.stats = [(mean_a, invstd_a), *stats, (mean_p, invstd_p)]
         ctx.has_shortcut = w_shortcut is not None
-        ctx.save_for_backward(x, w_expand, w_project, w_shortcut, a, h, s, p, *zs, *dw)
+        ctx.h_stats = h_stats
+        ctx.z_saved = [z is not None for z in zs]
+        ctx.save_for_backward(x, w_expand, w_project, w_shortcut, a, h, s, p, *(z for z in zs if z is not None), *dw)
         return out
 
     @staticmethod
@@ -143,7 +187,9 @@ class MSCBTrainFunction(torch.autograd.Function):
             return _backward_by_recompute(ctx, grad_out)
         steps, n_br = ctx.steps, ctx.n_br
         x, w_expand, w_project, w_shortcut, a, h, s, p, *rest = ctx.saved_tensors
-        zs, dw = rest[:n_br], rest[n_br:]
+        n_z = sum(ctx.z_saved)
+        saved_z, dw = iter(rest[:n_z]), rest[n_z:]
+        zs = [next(saved_z) if saved else None for saved in ctx.z_saved]
         needs = ctx.needs_input_grad
         b, c, d, h_, w_ = x.shape
         s_vol = d * h_ * w_
@@ -178,36 +224,59 @@ class MSCBTrainFunction(torch.autograd.Function):
         del gp
         # the branches: ReLU6 mask from the rebuilt pre-activation, BatchNorm, depthwise conv
         hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
-        tmp = torch.empty_like(gs)
+        # one scratch buffer goes round the branches: it holds u, then the masked
+        # gradient, then (in place) the gradient of z; the first branch's becomes gh
+        spare = torch.empty_like(gs)
         gh = None
         grad_dw = [None] * n_br
         for k in range(n_br):
             z, wk, step = zs[k], dw[k], steps[1 + k]
             mean, invstd = ctx.stats[1 + k]
             scale, shift = _affine(mean, invstd, step)
-            torch.addcmul(shift, z, scale, out=tmp)  # the branch's BatchNorm output u
-            torch.ops.aten.hardtanh_backward.grad_input(gs, tmp, 0.0, 6.0, grad_input=tmp)
-            gz, grad_w[1 + k], grad_b[1 + k] = _bn_backward(tmp, z, step, mean, invstd, need_wb(1 + k))
+            buf = spare if spare is not None else torch.empty_like(gs)
+            spare = None
             ks = tuple(wk.shape[2:])
             if ks == (1, 1, 1):
+                # z = w * h was never written: the BatchNorm of z is that of h with mean
+                # mean_h and inverse deviation w * invstd, whose input gradient is w * grad_z
+                wv = wk.view(e)
+                mean_h, var_h = ctx.h_stats
+                torch.addcmul(shift, h, wv * scale, out=buf)  # the branch's BatchNorm output u
+                torch.ops.aten.hardtanh_backward.grad_input(gs, buf, 0.0, 6.0, grad_input=buf)
+                sum_gh = _channel_dot(buf, h) if needs[6 + k] else None
+                gx_k, gw_, gb_ = _bn_backward_(buf, h, step, mean_h, wv * invstd, (True, True))
                 if needs[6 + k]:
-                    grad_dw[k] = torch.mul(gz, h, out=tmp).sum(0).view(e, 1, 1, 1, 1)
-                gx_k = gz.mul_(wk.view(1, e))
+                    n = h.shape[0]
+                    m1, m2 = gb_ / n, gw_ / n
+                    grad_dw[k] = (step.weight * invstd * (sum_gh - m1 * n * mean_h - m2 * wv * invstd * n * var_h)
+                                  ).view(e, 1, 1, 1, 1)
+                grad_w[1 + k] = gw_ if need_wb(1 + k)[0] else None
+                grad_b[1 + k] = gb_ if need_wb(1 + k)[1] else None
+                if gh is None:
+                    gh = gx_k
+                else:
+                    gh.add_(gx_k)
+                    spare = gx_k
+                del gx_k
             else:
+                torch.addcmul(shift, z, scale, out=buf)  # the branch's BatchNorm output u
+                torch.ops.aten.hardtanh_backward.grad_input(gs, buf, 0.0, 6.0, grad_input=buf)
+                gz, grad_w[1 + k], grad_b[1 + k] = _bn_backward_(buf, z, step, mean, invstd, need_wb(1 + k))
                 gzv = rearrange(gz, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
                 pad = tuple(q // 2 for q in ks)
                 if needs[6 + k]:
                     grad_dw[k] = depthwise_weight_grad(hv, gzv, ks, (1, 1, 1), pad)
                 pad_t = tuple(q - 1 - p for q, p in zip(ks, pad, strict=True))
                 gx_k = _rows(F.conv3d(gzv, wk.flip((2, 3, 4)), None, 1, pad_t, 1, e)).contiguous()
-            del gz
-            gh = gx_k if gh is None else gh.add_(gx_k)
-            del gx_k
-        del tmp, gs
-        # the expansion: ReLU6 mask (0 < h < 6), BatchNorm, matrix product
+                gh = gx_k if gh is None else gh.add_(gx_k)
+                del gx_k, gzv
+                spare = gz
+                del gz
+        del spare, gs
+        # the expansion: ReLU6 mask (0 < h < 6), BatchNorm (in place), matrix product
         torch.ops.aten.hardtanh_backward.grad_input(gh, h, 0.0, 6.0, grad_input=gh)
         mean_a, invstd_a = ctx.stats[0]
-        ga, grad_w[0], grad_b[0] = _bn_backward(gh, a, steps[0], mean_a, invstd_a, need_wb(0))
+        ga, grad_w[0], grad_b[0] = _bn_backward_(gh, a, steps[0], mean_a, invstd_a, need_wb(0))
         del gh
         g_expand = torch.mm(ga.t(), xr) if needs[1] else None
         g_shortcut = None
@@ -235,7 +304,7 @@ def _backward_by_recompute(ctx, grad_out):
     """
     steps, n_br = ctx.steps, ctx.n_br
     x, w_expand, w_project, w_shortcut, *rest = ctx.saved_tensors
-    dw = rest[4 + n_br:]
+    dw = rest[4 + sum(ctx.z_saved):]
     inputs = [x, w_expand, w_project, w_shortcut, *dw, *(st.weight for st in steps), *(st.bias for st in steps)]
     positions = [0, 1, 2, 3, *range(6, 6 + n_br), *range(6 + n_br, 6 + n_br + 2 * len(steps))]
     # the saved tensors themselves (not detached copies), so the graph reaches the parameters
@@ -283,7 +352,6 @@ def mscb_inference(
     of the result. Shapes as in :class:`MSCBTrainFunction` (biases [E] and [C_out]).
     """
     b, c, d, h_, w_ = x.shape
-    s_vol = d * h_ * w_
     e = w_expand.shape[0]
     xr = _rows(x)
     h = torch.addmm(b_expand, xr, w_expand.t()).clamp_(0.0, 6.0)  # [N, E]
@@ -309,14 +377,8 @@ def mscb_inference(
     for z in convs:
         s.add_(z)
     del convs
-    if out_channels_last:
-        y = torch.addmm(b_project, s, w_project.t())
-        y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
-        return rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
-    y = s.new_empty(b, w_project.shape[0], s_vol)
-    for j, s_j in enumerate(s.view(b, s_vol, e)):
-        torch.mm(w_project, s_j.t(), out=y[j])
-    y.add_(b_project.view(1, -1, 1))
-    skip = x if w_shortcut is None else F.conv3d(x, w_shortcut[:, :, None, None, None])
-    y.add_(skip.reshape(b, -1, s_vol))
-    return y.view(b, -1, d, h_, w_)
+    # the projection in rows (the fastest GEMM shape here), the residual added in the same layout
+    y = torch.addmm(b_project, s, w_project.t())
+    y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
+    out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
+    return out if out_channels_last else out.contiguous()
