@@ -34,6 +34,12 @@ ROW_CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _every_plane_size_takes_the_fast_paths(monkeypatch):
+    # the cases are small; in use, planes below cpu._MIN_PLANE positions take the grouped convolution
+    monkeypatch.setattr(cpu, "_MIN_PLANE", 0)
+
+
 def _expected(x, g, kernel, padding):
     return torch.nn.grad.conv3d_weight(x.contiguous(), (x.shape[1], 1, *kernel), g.contiguous(), 1, padding, 1,
                                        x.shape[1])
@@ -137,3 +143,18 @@ def test_torch_compile_matches_eager_on_both_fast_paths():
     assert_close(compiled[1], eager[1])
     for a, b in zip(compiled[2], eager[2]):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (5, 5, 5)])
+def test_small_planes_take_the_grouped_convolution(monkeypatch, kernel):
+    monkeypatch.setattr(cpu, "_MIN_PLANE", 256)
+    calls = []
+    for name in ("planes", "rows"):
+        monkeypatch.setattr(cpu, f"_weight_grad_by_{name}", lambda *a, name=name: calls.append(name))
+    x = torch.randn(2, 3, 2, 12, 12, dtype=torch.float64)  # 144 positions per plane
+    g = torch.randn(2, 3, 2, 12, 12, dtype=torch.float64)
+    padding = tuple(k // 2 for k in kernel)
+    got = depthwise_weight_grad(x.contiguous(memory_format=CL), g.contiguous(memory_format=CL), kernel, (1, 1, 1),
+                                padding)
+    assert calls == []
+    assert_close(got, _expected(x, g, kernel, padding))

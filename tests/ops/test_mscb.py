@@ -86,7 +86,7 @@ def test_training_step_matches_the_plain_composition(spies, kernels, channels, s
     assert_close(gxb, gxa, msg="input gradient")
     assert_same_grads(reference, candidate)
     assert_same_buffers(reference, candidate)
-    # the result has the input's memory format (written directly, not converted)
+    # the result has the input's memory format
     assert yb.is_contiguous(memory_format=CL if layout == "cl" and b * d * h * w > 1 else torch.contiguous_format)
 
 

@@ -12,17 +12,20 @@ the same step with what it needs and nothing more:
   (``native_batch_norm``, which also updates the running statistics as
   ``F.batch_norm`` does), clamped in place to ``h``; every depthwise branch
   normalised into one reused buffer, clamped in place and added into the branch
-  sum ``s``; ``p = s W2^T`` computed straight in the memory format the block
-  returns (NCDHW input gives NCDHW output without a conversion pass), normalised,
-  and the residual added in place;
-* backward: the ReLU6 masks are rebuilt in a reused buffer from the saved
-  pre-activations (``0 < clamp(u, 0, 6) < 6`` exactly where ``0 < u < 6``), each
-  BatchNorm's backward is ``native_batch_norm_backward`` (one kernel), the
-  depthwise gradients are those of :mod:`mmscale.ops.depthwise_conv3d.cpu`.
+  sum ``s``; ``p = s W2^T`` over all positions at once (one GEMM), normalised,
+  the residual added in place, and one conversion when NCDHW is asked for;
+* a ``1 x 1 x 1`` branch (``z = w * h`` per channel) is never written: its batch
+  statistics follow from those of ``h``, its output comes straight from ``h``;
+* backward: one scratch buffer goes round the branches; in it the ReLU6 mask is
+  rebuilt from the pre-activation (``0 < clamp(u, 0, 6) < 6`` exactly where
+  ``0 < u < 6``) and each BatchNorm's backward runs in place (the two per-channel
+  sums from ``native_batch_norm_backward``, then three passes); the depthwise
+  gradients are those of :mod:`mmscale.ops.depthwise_conv3d.cpu`;
+* double backward (``create_graph=True``) differentiates a plain recomputation.
 
-Saved for the backward: the input, ``a``, ``h``, the branch outputs before their
-BatchNorm, the branch sum and ``p`` (the plain composition also keeps every
-normalised and clamped copy).
+Saved for the backward: the input, ``a``, ``h``, the outputs of the larger
+branches before their BatchNorm, the branch sum and ``p`` (the plain composition
+also keeps every normalised and clamped copy).
 """
 
 from __future__ import annotations
@@ -111,7 +114,6 @@ class MSCBTrainFunction(torch.autograd.Function):
         n_br = len(steps) - 2
         dw = rest[:n_br]
         b, c, d, h_, w_ = x.shape
-        s_vol = d * h_ * w_
         e = w_expand.shape[0]
         xr = _rows(x)  # [N, C]
         a = torch.mm(xr, w_expand.t())  # [N, E]
@@ -157,23 +159,16 @@ class MSCBTrainFunction(torch.autograd.Function):
                 s.add_(tmp.clamp_(0.0, 6.0))
             stats.append((mean, invstd))
         del tmp
-        if out_channels_last:
-            p = torch.mm(s, w_project.t())  # [N, C_out]
-            y, mean_p, invstd_p = _bn_forward(p, steps[-1])
-            y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
-            out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
-        else:
-            # [B, C_out, S] = W2 @ s_b^T per sample: NCDHW without a conversion pass
-            p = s.new_empty(b, w_project.shape[0], s_vol)
-            for j, s_j in enumerate(s.view(b, s_vol, e)):
-                torch.mm(w_project, s_j.t(), out=p[j])
-            y, mean_p, invstd_p = _bn_forward(p, steps[-1])
-            skip = x if w_shortcut is None else F.conv3d(x, w_shortcut[:, :, None, None, None])
-            y.add_(skip.reshape(b, -1, s_vol))  # a view for NCDHW and channels_last_3d alike
-            out = y.view(b, -1, d, h_, w_)
+        # the projection in rows (one GEMM over every position is faster than one per
+        # sample), converted once at the end when NCDHW is asked for
+        p = torch.mm(s, w_project.t())  # [N, C_out]
+        y, mean_p, invstd_p = _bn_forward(p, steps[-1])
+        y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
+        out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
+        if not out_channels_last:
+            out = out.contiguous()
         ctx.steps = steps
         ctx.n_br = n_br
-        ctx.out_channels_last = out_channels_last
         ctx.stats = [(mean_a, invstd_a), *stats, (mean_p, invstd_p)]
         ctx.has_shortcut = w_shortcut is not None
         ctx.h_stats = h_stats
@@ -192,7 +187,6 @@ class MSCBTrainFunction(torch.autograd.Function):
         zs = [next(saved_z) if saved else None for saved in ctx.z_saved]
         needs = ctx.needs_input_grad
         b, c, d, h_, w_ = x.shape
-        s_vol = d * h_ * w_
         e = w_expand.shape[0]
         n_steps = len(steps)
         # input positions of the BatchNorm affine parameters in apply's argument list
@@ -206,21 +200,10 @@ class MSCBTrainFunction(torch.autograd.Function):
         xr = _rows(x)
         # the projection's BatchNorm, then the projection
         mean_p, invstd_p = ctx.stats[-1]
-        if ctx.out_channels_last:
-            gy = _rows(grad_out.contiguous(memory_format=_CL))  # [N, C_out]
-            gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
-            gs = torch.mm(gp, w_project)  # [N, E]
-            g_project = torch.mm(gp.t(), s) if needs[2] else None
-        else:
-            gy = grad_out.contiguous().view(b, -1, s_vol)  # [B, C_out, S]
-            gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
-            gs = gp.new_empty(b, s_vol, e)  # [B, S, E], i.e. rows [N, E]
-            g_project = None
-            for j, (gp_j, s_j) in enumerate(zip(gp, s.view(b, s_vol, e), strict=True)):
-                torch.mm(gp_j.t(), w_project, out=gs[j])  # no copy of the transposed gradient
-                if needs[2]:
-                    g_project = torch.mm(gp_j, s_j) if g_project is None else g_project.addmm_(gp_j, s_j)
-            gs = gs.view(-1, e)
+        gy = _rows(grad_out.contiguous(memory_format=_CL))  # [N, C_out]
+        gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
+        gs = torch.mm(gp, w_project)  # [N, E]
+        g_project = torch.mm(gp.t(), s) if needs[2] else None
         del gp
         # the branches: ReLU6 mask from the rebuilt pre-activation, BatchNorm, depthwise conv
         hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
@@ -285,14 +268,12 @@ class MSCBTrainFunction(torch.autograd.Function):
             gxr = torch.mm(ga, w_expand)  # [N, C]
             gx = rearrange(gxr, "(b d h w) c -> b c d h w", b=b, d=d, h=h_, w=w_)
             if ctx.has_shortcut:
-                gyr = gy if ctx.out_channels_last else _rows(grad_out.contiguous(memory_format=_CL))
-                gxr.addmm_(gyr, w_shortcut)
+                gxr.addmm_(gy, w_shortcut)
             else:
-                gx.add_(grad_out)
+                gxr.add_(gy)
             grad_x = gx
         if ctx.has_shortcut and needs[3]:
-            gyr = gy if ctx.out_channels_last else _rows(grad_out.contiguous(memory_format=_CL))
-            g_shortcut = torch.mm(gyr.t(), xr)
+            g_shortcut = torch.mm(gy.t(), xr)
         return (grad_x, g_expand, g_project, g_shortcut, None, None, *grad_dw, *grad_w, *grad_b)
 
 
