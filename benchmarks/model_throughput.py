@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import describe_cpu, ratio_stats, spread_warning, versions, write_json  # noqa: E402
 from benchmarks.naive import NaiveMultiScaleConvAttention3d, NaiveUpConv3d  # noqa: E402
 from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d, binary_focal_loss  # noqa: E402
+from mmscale.layers.backbone import GroupedBottleneck3d  # noqa: E402
 
 SHAPES = {"tiny": (1, 16, 64, 64), "paper": (1, 12, 192, 192)}
 QUICK_SHAPE = (1, 8, 32, 32)
@@ -149,12 +150,29 @@ def _plain_up(layer: UpConv3d) -> NaiveUpConv3d:
     return plain
 
 
+class PlainConv3d(torch.nn.Conv3d):
+    """An ``nn.Conv3d`` the backbone calls as a module, so autograd runs ATen's own backward.
+
+    ``GroupedBottleneck3d`` computes a plain ``nn.Conv3d`` through
+    :func:`mmscale.ops.grouped_conv3d` (the same forward, a cheaper CPU backward); any
+    other conv type it calls as a module.
+    """
+
+
+def _plain_conv(conv: torch.nn.Conv3d) -> PlainConv3d:
+    plain = PlainConv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    plain.load_state_dict(conv.state_dict(), strict=True)
+    return plain
+
+
 def plain_reference(model: MMCAFNet) -> MMCAFNet:
     """A copy of ``model`` whose fast layers are the plain reference composition.
 
     Every ``MultiScaleConvAttention3d`` and ``UpConv3d`` (wherever it sits) becomes
     its plain counterpart from :mod:`benchmarks.naive` holding the same weights and
-    BatchNorm statistics; everything else is copied as it is, so the copy follows
+    BatchNorm statistics, and every backbone bottleneck's grouped conv a
+    :class:`PlainConv3d`; everything else is copied as it is, so the copy follows
     the model's configuration. A spatial-attention conv shared by several levels
     becomes one copy per level (same values; the work is the same).
 
@@ -172,6 +190,8 @@ def plain_reference(model: MMCAFNet) -> MMCAFNet:
                 new = _plain_attention(child)
             elif isinstance(child, UpConv3d):
                 new = _plain_up(child)
+            elif isinstance(parent, GroupedBottleneck3d) and name == "conv2":
+                new = _plain_conv(child)
             else:
                 swap(child)
                 continue

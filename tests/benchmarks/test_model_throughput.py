@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.model_throughput import image_path, plain_reference
+from benchmarks.model_throughput import PlainConv3d, image_path, plain_reference
 from benchmarks.naive import NaiveMultiScaleConvAttention3d, NaiveUpConv3d
 from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d
+from mmscale.layers.backbone import GroupedBottleneck3d
 
 
 def _count(model, cls):
@@ -21,6 +22,10 @@ def test_plain_reference_swaps_every_fast_layer_and_leaves_the_model_alone():
     assert _count(plain, MultiScaleConvAttention3d) == 0 and _count(plain, UpConv3d) == 0
     assert _count(plain, NaiveMultiScaleConvAttention3d) == n_msca
     assert _count(plain, NaiveUpConv3d) == n_up
+    # the backbone's grouped convs are called as modules (ATen's backward), not through mmscale's op
+    n_blocks = _count(model, GroupedBottleneck3d)
+    assert n_blocks > 0 and _count(plain, PlainConv3d) == n_blocks
+    assert all(type(m.conv2) is PlainConv3d for m in plain.modules() if isinstance(m, GroupedBottleneck3d))
     assert _count(model, MultiScaleConvAttention3d) == n_msca  # the original keeps its fast layers
     assert not plain.training
 
