@@ -266,22 +266,17 @@ class MultiScaleConvBlock3d(nn.Module):
         to_cl = like is None or wants_channels_last(like)
         bns = [self.expand_bn, *(b.bn for b in self.dwconv.branches), self.project_bn]
         states = [BatchNormState.of(bn) for bn in bns]
+        op = None
         if backend == "torch" and mscb.supports(x, states, self.dwconv.stride, self.dwconv.combine):
             check_batch_stats(x, bns)
-            return mscb.multiscale_conv_block_train(
-                x,
-                self.expand.weight.flatten(1),
-                [b.conv.weight for b in self.dwconv.branches],
-                self._project_weight(),
-                None if self.shortcut is None else self.shortcut.weight.flatten(1),
-                [begin_batch_norm(s) for s in states],
-                out_channels_last=to_cl,
-            )
-        params = [self.expand.weight, self._project_weight(), *(b.conv.weight for b in self.dwconv.branches),
-                  *(t for bn in bns for t in (bn.weight, bn.bias) if t is not None)]
-        if backend == "torch" and mscb.inference_supported(x, states, self.dwconv.stride, self.dwconv.combine,
-                                                           *params):
-            return mscb.multiscale_conv_block_inference(
+            op = mscb.multiscale_conv_block_train
+        elif backend == "torch":
+            params = [self.expand.weight, self.project.weight, *(b.conv.weight for b in self.dwconv.branches),
+                      *(t for bn in bns for t in (bn.weight, bn.bias) if t is not None)]
+            if mscb.inference_supported(x, states, self.dwconv.stride, self.dwconv.combine, *params):
+                op = mscb.multiscale_conv_block_inference
+        if op is not None:
+            return op(
                 x,
                 self.expand.weight.flatten(1),
                 [b.conv.weight for b in self.dwconv.branches],

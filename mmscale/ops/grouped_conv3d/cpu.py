@@ -225,17 +225,8 @@ def grouped_conv3d_cpu(
     """Grouped 3D convolution (no bias) with the fast CPU backward.
 
     The CPU path of :func:`mmscale.ops.grouped_conv3d.grouped_conv3d`: the same
-    arguments and output.
-
-    Args:
-        x (torch.Tensor): input [B, C_in, D, H, W].
-        weight (torch.Tensor): filters [C_out, C_in / groups, kd, kh, kw].
-        stride (int | tuple[int, int, int]): stride per spatial axis.
-        padding (int | tuple[int, int, int]): zero padding per spatial axis.
-        groups (int): number of channel groups.
-
-    Returns:
-        torch.Tensor: output [B, C_out, D', H', W'].
+    arguments and output (input [B, C_in, D, H, W], filters
+    [C_out, C_in / groups, kd, kh, kw], output [B, C_out, D', H', W']).
 
     Example:
         >>> y = grouped_conv3d_cpu(torch.randn(1, 8, 3, 5, 5), torch.randn(8, 4, 3, 3, 3), 1, 1, 2)

@@ -15,17 +15,10 @@ def grouped_conv3d_reference(
     padding: int | tuple[int, int, int] = 0,
     groups: int = 1,
 ) -> torch.Tensor:
-    """Grouped 3D convolution (no bias) through ``F.conv3d``.
-
-    Args:
-        x (torch.Tensor): input [B, C_in, D, H, W].
-        weight (torch.Tensor): filters [C_out, C_in / groups, kd, kh, kw].
-        stride (int | tuple[int, int, int]): stride per spatial axis.
-        padding (int | tuple[int, int, int]): zero padding per spatial axis.
-        groups (int): number of channel groups.
-
-    Returns:
-        torch.Tensor: output [B, C_out, D', H', W'].
+    """Grouped 3D convolution (no bias) through ``F.conv3d``: the oracle of
+    :func:`mmscale.ops.grouped_conv3d.grouped_conv3d`, with its arguments and output
+    (input [B, C_in, D, H, W], filters [C_out, C_in / groups, kd, kh, kw], output
+    [B, C_out, D', H', W']).
 
     Example:
         >>> y = grouped_conv3d_reference(torch.randn(1, 8, 3, 5, 5), torch.randn(8, 4, 3, 3, 3),

@@ -34,6 +34,12 @@ def _batch_stats_with_affine(s: BatchNormState) -> bool:
     return use_batch_stats and any(t is not None for t in (s.weight, s.bias, s.running_mean, s.running_var))
 
 
+def _check_steps(steps: Sequence[BatchNormStep], dw_weights: Sequence[torch.Tensor]) -> None:
+    if len(steps) != len(dw_weights) + 2:
+        raise ValueError(f"steps must hold {len(dw_weights) + 2} BatchNorms (expansion, branches, projection), "
+                         f"got {len(steps)}")
+
+
 def supports(x: torch.Tensor, states: Sequence[BatchNormState], stride: tuple[int, int, int], combine: str) -> bool:
     """Whether :func:`multiscale_conv_block_train` computes this call.
 
@@ -109,9 +115,7 @@ def multiscale_conv_block_train(
         >>> tuple(y.shape)
         (2, 4, 3, 5, 5)
     """
-    if len(steps) != len(dw_weights) + 2:
-        raise ValueError(f"steps must hold {len(dw_weights) + 2} BatchNorms (expansion, branches, projection), "
-                         f"got {len(steps)}")
+    _check_steps(steps, dw_weights)
     return MSCBTrainFunction.apply(
         x.contiguous(memory_format=torch.channels_last_3d), w_expand, w_project, w_shortcut, bool(out_channels_last),
         tuple(steps), *dw_weights, *(s.weight for s in steps), *(s.bias for s in steps),
@@ -187,9 +191,7 @@ def multiscale_conv_block_inference(
         >>> tuple(y.shape)
         (2, 4, 3, 5, 5)
     """
-    if len(steps) != len(dw_weights) + 2:
-        raise ValueError(f"steps must hold {len(dw_weights) + 2} BatchNorms (expansion, branches, projection), "
-                         f"got {len(steps)}")
+    _check_steps(steps, dw_weights)
     s1, t1 = _fold(steps[0])
     branch = [_fold(s) for s in steps[1:-1]]
     s2, t2 = _fold(steps[-1])
