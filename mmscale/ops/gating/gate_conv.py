@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmscale.ops._dispatch import cpu_autocast_enabled
+from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
 
 __all__ = ["gate_conv3d", "gate_conv3d_supported"]
 
@@ -43,13 +43,12 @@ def gate_conv3d_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         >>> gate_conv3d_supported(torch.zeros(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 3, 3))
         True
     """
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)()
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and all(k % 2 == 1 for k in weight.shape[2:])
         and not cpu_autocast_enabled()
-        and not compiling
+        and not tracing()
     )
 
 

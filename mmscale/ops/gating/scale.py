@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from mmscale.ops._dispatch import tracing
+
 __all__ = ["scale_channels_last"]
 
 _CL = torch.channels_last_3d
@@ -48,6 +50,8 @@ def scale_channels_last(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         >>> y.is_contiguous(memory_format=torch.channels_last_3d), y.max().item()
         (True, 0.5)
     """
+    if tracing():  # torch.compile / torch.export see plain ops
+        return (x * gate).contiguous(memory_format=_CL)
     if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad):
         return _ScaleChannelsLast.apply(x, gate)
     return torch.mul(x, gate, out=torch.empty_like(x, memory_format=_CL))

@@ -14,18 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
-from mmscale.ops._dispatch import cpu_autocast_enabled
+from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
 from mmscale.ops.batch_norm import BatchNormState, BatchNormStep
 from mmscale.ops.mscb.cpu import MSCBTrainFunction, mscb_inference
 
 __all__ = [
     "inference_supported", "multiscale_conv_block_inference", "multiscale_conv_block_train", "supports",
 ]
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _batch_stats_with_affine(s: BatchNormState) -> bool:
@@ -71,7 +66,7 @@ def supports(x: torch.Tensor, states: Sequence[BatchNormState], stride: tuple[in
         and combine == "add"
         and all(_batch_stats_with_affine(s) for s in states)
         and not cpu_autocast_enabled()
-        and not _compiling()
+        and not tracing()
     )
 
 
@@ -154,7 +149,7 @@ def inference_supported(
     autocast = cpu_autocast_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
     return (
         not grad and not batch_stats and not autocast and tuple(stride) == (1, 1, 1) and combine == "add"
-        and x.is_floating_point() and not _compiling()
+        and x.is_floating_point() and not tracing()
     )
 
 
