@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from mmscale._validation import check_dtype, check_volume, odd_triple, positive_int, triple
@@ -221,14 +220,10 @@ class MultiScaleConvBlock3d(nn.Module):
             self.shortcut = None
 
     def _project_weight(self) -> torch.Tensor:
-        """The projection weight with the channel shuffle folded in, [C_out, combined].
-
-        The shuffle sends input channel ``a * (n / g) + b`` to position ``b * g + a``,
-        so ``W @ shuffle(z) = W' @ z`` with ``W'[:, a * (n / g) + b] = W[:, b * g + a]``:
-        a reshape of ``W``, no data movement on the activations.
-        """
-        w = self.project.weight.flatten(1)  # [C_out, combined]
-        return rearrange(w, "o (b a) -> o (a b)", a=self.shuffle_groups)
+        """The projection weight with the channel shuffle folded in, [C_out, combined]
+        (:func:`mmscale.ops.mscb.shuffled`: a column permutation of the weight, no data
+        movement on the activations)."""
+        return mscb.shuffled(self.project.weight.flatten(1), self.shuffle_groups)  # [C_out, combined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the block.
@@ -280,10 +275,11 @@ class MultiScaleConvBlock3d(nn.Module):
                 x,
                 self.expand.weight.flatten(1),
                 [b.conv.weight for b in self.dwconv.branches],
-                self._project_weight(),
+                self.project.weight.flatten(1),
                 None if self.shortcut is None else self.shortcut.weight.flatten(1),
                 [begin_batch_norm(s) for s in states],
                 out_channels_last=to_cl,
+                shuffle_groups=self.shuffle_groups,
             )
         # without autograd, elementwise steps run in place: fresh full-size buffers
         # (page faults on first touch) cost as much as the arithmetic here

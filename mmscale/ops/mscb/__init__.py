@@ -16,10 +16,11 @@ import torch
 
 from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
 from mmscale.ops.batch_norm import BatchNormState, BatchNormStep
-from mmscale.ops.mscb.cpu import MSCBTrainFunction, mscb_inference
+from mmscale.ops.mscb.cpu import MSCBTrainFunction, mscb_inference, shuffled
 
 __all__ = [
-    "inference_supported", "multiscale_conv_block_inference", "multiscale_conv_block_train", "supports",
+    "inference_supported", "multiscale_conv_block_inference", "multiscale_conv_block_train", "shuffled",
+    "supports",
 ]
 
 
@@ -78,6 +79,7 @@ def multiscale_conv_block_train(
     w_shortcut: torch.Tensor | None,
     steps: Sequence[BatchNormStep],
     out_channels_last: bool,
+    shuffle_groups: int = 1,
 ) -> torch.Tensor:
     """One MSCB forward with batch-statistics BatchNorms, differentiable, stride 1, branches added.
 
@@ -86,13 +88,15 @@ def multiscale_conv_block_train(
         w_expand (torch.Tensor): expansion weight [E, C].
         dw_weights (Sequence[torch.Tensor]): depthwise filters, each [E, 1, kd, kh, kw]
             (odd sizes, padding ``k // 2``).
-        w_project (torch.Tensor): projection weight [C_out, E] with the channel
-            shuffle folded in.
+        w_project (torch.Tensor): projection weight [C_out, E].
         w_shortcut (torch.Tensor | None): residual projection [C_out, C], or None
             for the identity residual (then C_out == C).
         steps (Sequence[BatchNormStep]): BatchNorms of the expansion, of each branch
             and of the projection (``len(dw_weights) + 2``), each with batch statistics.
         out_channels_last (bool): return channels_last_3d (else contiguous NCDHW).
+        shuffle_groups (int): groups of the channel shuffle before the projection
+            (1: none); it is folded into a temporary copy of ``w_project``, so the
+            weight's gradient comes back in its own layout.
 
     Returns:
         torch.Tensor: [B, C_out, D, H, W].
@@ -112,7 +116,8 @@ def multiscale_conv_block_train(
     """
     _check_steps(steps, dw_weights)
     return MSCBTrainFunction.apply(
-        x.contiguous(memory_format=torch.channels_last_3d), w_expand, w_project, w_shortcut, bool(out_channels_last),
+        x.contiguous(memory_format=torch.channels_last_3d), w_expand, w_project, w_shortcut,
+        (int(shuffle_groups), bool(out_channels_last)),
         tuple(steps), *dw_weights, *(s.weight for s in steps), *(s.bias for s in steps),
     )
 
@@ -166,6 +171,7 @@ def multiscale_conv_block_inference(
     w_shortcut: torch.Tensor | None,
     steps: Sequence[BatchNormStep],
     out_channels_last: bool,
+    shuffle_groups: int = 1,
 ) -> torch.Tensor:
     """One MSCB forward without autograd, every BatchNorm folded, elementwise steps in place.
 
@@ -195,5 +201,5 @@ def multiscale_conv_block_inference(
         w_expand * s1[:, None], t1,
         [w * sc.view(-1, 1, 1, 1, 1) for w, (sc, _) in zip(dw_weights, branch, strict=True)],
         [sh for _, sh in branch],
-        w_project * s2[:, None], t2, w_shortcut, out_channels_last,
+        shuffled(w_project, shuffle_groups) * s2[:, None], t2, w_shortcut, out_channels_last,
     )

@@ -39,7 +39,7 @@ from einops import rearrange
 from mmscale.ops.batch_norm import BatchNormStep, update_running_stats
 from mmscale.ops.depthwise_conv3d.cpu import depthwise_weight_grad
 
-__all__ = ["MSCBTrainFunction", "mscb_inference"]
+__all__ = ["MSCBTrainFunction", "mscb_inference", "shuffled"]
 
 _CL = torch.channels_last_3d
 _NBN = torch.ops.aten.native_batch_norm
@@ -91,6 +91,31 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _NBN_BACKWARD(a, b, None, None, None, zeros, torch.ones_like(zeros), True, 0.0, [False, True, False])[1]
 
 
+def shuffled(w_project: torch.Tensor, groups: int) -> torch.Tensor:
+    """The projection weight [C_out, E] with a channel shuffle of ``groups`` folded in (a copy).
+
+    The shuffle sends channel ``a * (E / g) + b`` to position ``b * g + a``, so
+    ``W @ shuffle(z) = W' @ z`` with ``W'[:, a * (E / g) + b] = W[:, b * g + a]``.
+
+    Args:
+        w_project (torch.Tensor): projection weight [C_out, E].
+        groups (int): shuffle groups (1: no shuffle, ``w_project`` itself).
+
+    Returns:
+        torch.Tensor: [C_out, E].
+
+    Example:
+        >>> shuffled(torch.arange(4.0).view(1, 4), 2).tolist()
+        [[0.0, 2.0, 1.0, 3.0]]
+    """
+    return w_project if groups == 1 else rearrange(w_project, "o (b a) -> o (a b)", a=groups)
+
+
+def _unshuffled(grad: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse column permutation of :func:`shuffled`, for the weight's gradient."""
+    return grad if groups == 1 else rearrange(grad, "o (a b) -> o (b a)", a=groups)
+
+
 def _affine(mean: torch.Tensor, invstd: torch.Tensor, step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, shift) with ``BN(z) = z * scale + shift`` for the saved statistics."""
     scale = step.weight * invstd
@@ -101,16 +126,18 @@ class MSCBTrainFunction(torch.autograd.Function):
     """One MSCB training step (every BatchNorm with batch statistics), stride 1, branches added.
 
     Arguments of ``apply``: ``x`` [B, C, D, H, W] channels_last_3d; ``w_expand``
-    [E, C]; ``w_project`` [C_out, E] (the channel shuffle already folded in);
-    ``w_shortcut`` [C_out, C] or None (identity residual); ``out_channels_last``
-    (the memory format of the result); ``steps`` (BatchNormSteps: the expansion's,
+    [E, C]; ``w_project`` [C_out, E]; ``w_shortcut`` [C_out, C] or None (identity
+    residual); ``config``: (``shuffle_groups``, the channel shuffle before the
+    projection, folded into a temporary copy of its weight; ``out_channels_last``,
+    the memory format of the result); ``steps`` (BatchNormSteps: the expansion's,
     one per branch, the projection's); then the depthwise filters [E, 1, kd, kh, kw]
     and the affine parameters of every BatchNorm in ``steps`` order (weights, then
     biases). Returns [B, C_out, D, H, W].
     """
 
     @staticmethod
-    def forward(ctx, x, w_expand, w_project, w_shortcut, out_channels_last, steps, *rest):
+    def forward(ctx, x, w_expand, w_project, w_shortcut, config, steps, *rest):
+        shuffle_groups, out_channels_last = config
         n_br = len(steps) - 2
         dw = rest[:n_br]
         b, c, d, h_, w_ = x.shape
@@ -161,7 +188,7 @@ class MSCBTrainFunction(torch.autograd.Function):
         del tmp
         # the projection in rows (one GEMM over every position is faster than one per
         # sample), converted once at the end when NCDHW is asked for
-        p = torch.mm(s, w_project.t())  # [N, C_out]
+        p = torch.mm(s, shuffled(w_project, shuffle_groups).t())  # [N, C_out]
         y, mean_p, invstd_p = _bn_forward(p, steps[-1])
         y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
         out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
@@ -169,6 +196,7 @@ class MSCBTrainFunction(torch.autograd.Function):
             out = out.contiguous()
         ctx.steps = steps
         ctx.n_br = n_br
+        ctx.shuffle_groups = shuffle_groups
         ctx.stats = [(mean_a, invstd_a), *stats, (mean_p, invstd_p)]
         ctx.has_shortcut = w_shortcut is not None
         ctx.h_stats = h_stats
@@ -202,9 +230,7 @@ class MSCBTrainFunction(torch.autograd.Function):
         mean_p, invstd_p = ctx.stats[-1]
         gy = _rows(grad_out.contiguous(memory_format=_CL))  # [N, C_out]
         gp, grad_w[-1], grad_b[-1] = _bn_backward(gy, p, steps[-1], mean_p, invstd_p, need_wb(n_steps - 1))
-        gs = torch.mm(gp, w_project)  # [N, E]
-        g_project = torch.mm(gp.t(), s) if needs[2] else None
-        del gp
+        gs = torch.mm(gp, shuffled(w_project, ctx.shuffle_groups))  # [N, E]
         # the branches: ReLU6 mask from the rebuilt pre-activation, BatchNorm, depthwise conv
         hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
         # one scratch buffer goes round the branches: it holds u, then the masked
@@ -256,6 +282,10 @@ class MSCBTrainFunction(torch.autograd.Function):
                 spare = gz
                 del gz
         del spare, gs
+        # the projection's weight gradient once the branch buffers are gone (at small
+        # volumes the weight-sized products, not the activations, set the peak)
+        g_project = _unshuffled(torch.mm(gp.t(), s), ctx.shuffle_groups) if needs[2] else None
+        del gp
         # the expansion: ReLU6 mask (0 < h < 6), BatchNorm (in place), matrix product
         torch.ops.aten.hardtanh_backward.grad_input(gh, h, 0.0, 6.0, grad_input=gh)
         mean_a, invstd_a = ctx.stats[0]
@@ -305,7 +335,7 @@ def _backward_by_recompute(ctx, grad_out):
         for k, wk in enumerate(ldw):
             z = F.conv3d(hv, wk, None, 1, tuple(q // 2 for q in wk.shape[2:]), 1, wk.shape[0])
             s = s + F.hardtanh(bn(_rows(z), 1 + k), 0.0, 6.0)
-        y = bn(s @ lw2.t(), len(steps) - 1) + (xr if lws is None else xr @ lws.t())
+        y = bn(s @ shuffled(lw2, ctx.shuffle_groups).t(), len(steps) - 1) + (xr if lws is None else xr @ lws.t())
         y = rearrange(y, "(b d h w) o -> b o d h w", b=x.shape[0], d=x.shape[2], h=x.shape[3], w=x.shape[4])
         grads = iter(torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True))
     out = [next(grads) if t is not None and ctx.needs_input_grad[i] else None
