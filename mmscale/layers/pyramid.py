@@ -11,6 +11,7 @@ from torch import nn
 from mmscale._validation import positive_ints
 from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention3d
 from mmscale.layers.multiscale_conv import UpConv3d
+from mmscale.ops.gating.gate_conv import gate_conv3d
 
 __all__ = ["GatedMapFusion3d", "BidirectionalPyramid3d"]
 
@@ -73,6 +74,14 @@ class GatedMapFusion3d(nn.Module):
         self.gate_x = nn.Conv3d(2 * channels, 2, 3, padding=1)
         self.gate_y = nn.Conv3d(2 * channels, 2, 3, padding=1)
 
+    @staticmethod
+    def _gate(conv: nn.Conv3d, z: torch.Tensor) -> torch.Tensor:
+        # two output maps: gate_conv3d's backward is as cheap as the forward on CPU;
+        # the module call when hooks or a replaced module must see it
+        if type(conv) is not nn.Conv3d or conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks:
+            return conv(z)
+        return gate_conv3d(z, conv.weight, conv.bias)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Fuse ``y`` into ``x``.
 
@@ -101,8 +110,8 @@ class GatedMapFusion3d(nn.Module):
             )
         a = torch.sigmoid(self.conv_x(x) * self.conv_y(y))
         xa, ya = x * a, y * a
-        gx = self.gate_x(torch.cat([x, xa], dim=1))
-        gy = self.gate_y(torch.cat([y, ya], dim=1))
+        gx = self._gate(self.gate_x, torch.cat([x, xa], dim=1))
+        gy = self._gate(self.gate_y, torch.cat([y, ya], dim=1))
         x_out = x * gx[:, 0:1] + xa * gx[:, 1:2]
         y_out = y * gy[:, 0:1] + ya * gy[:, 1:2]
         return x_out + y_out

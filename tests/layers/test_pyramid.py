@@ -30,6 +30,29 @@ def test_gated_fusion_closed_form():
     assert all(c.bias is not None for c in (gf.project, gf.conv_x, gf.conv_y, gf.gate_x, gf.gate_y))
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 3, 3), (1, 1, 5, 4)], ids=str)
+def test_gated_fusion_gradients_match_the_module_calls(shape):
+    # the gate convs run through gate_conv3d (own CPU backward); a pre-hook forces the
+    # plain module calls: outputs and every gradient must agree
+    torch.manual_seed(0)
+    b, d, h, w = shape
+    fast = GatedMapFusion3d(6, 3).double()
+    plain = GatedMapFusion3d(6, 3).double()
+    plain.load_state_dict(fast.state_dict())
+    for conv in (plain.gate_x, plain.gate_y):
+        conv.register_forward_pre_hook(lambda module, args: None)
+    x = torch.randn(b, 6, d, h, w, dtype=torch.float64)
+    y = torch.randn(b, 3, 2 * d, 2 * h, 2 * w, dtype=torch.float64)
+    grads = []
+    for module in (fast, plain):
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = module(xx, yy)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        grads.append([out.detach(), xx.grad, yy.grad, *(p.grad for p in module.parameters())])
+    for a, b_ in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
+
+
 @settings(max_examples=5, deadline=None)
 @given(b=st.integers(1, 2), n=st.integers(2, 3), d=st.integers(1, 5), h=st.integers(3, 9))
 def test_shapes_with_odd_sizes(b, n, d, h):

@@ -201,6 +201,14 @@ def test_gate_convolution_gradcheck():
     assert torch.autograd.gradcheck(gate_conv3d, (x, w))
 
 
+def test_gate_convolution_with_a_bias_and_many_input_channels_gradcheck():
+    # the gated fusion's shape of gate: 2 C -> 2 maps, with a bias
+    x = torch.randn(2, 10, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 10, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gate_conv3d, (x, w, b))
+
+
 def test_gate_convolution_in_channels_last_and_float32():
     x = torch.randn(2, 2, 3, 8, 8).contiguous(memory_format=CL).requires_grad_()
     w = torch.randn(1, 2, 7, 7, 7, requires_grad=True)
