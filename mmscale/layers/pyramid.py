@@ -11,6 +11,7 @@ from torch import nn
 from mmscale._validation import positive_ints
 from mmscale.layers.attention import MultiScaleConvAttention3d, SpatialAttention3d
 from mmscale.layers.multiscale_conv import UpConv3d
+from mmscale.ops.dense_conv3d import dense_conv3d
 from mmscale.ops.gating.gate_conv import gate_conv3d
 
 __all__ = ["GatedMapFusion3d", "BidirectionalPyramid3d"]
@@ -75,12 +76,18 @@ class GatedMapFusion3d(nn.Module):
         self.gate_y = nn.Conv3d(2 * channels, 2, 3, padding=1)
 
     @staticmethod
-    def _gate(conv: nn.Conv3d, z: torch.Tensor) -> torch.Tensor:
-        # two output maps: gate_conv3d's backward is as cheap as the forward on CPU;
+    def _plain_call(conv: nn.Conv3d) -> bool:
         # the module call when hooks or a replaced module must see it
-        if type(conv) is not nn.Conv3d or conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks:
-            return conv(z)
-        return gate_conv3d(z, conv.weight, conv.bias)
+        return type(conv) is not nn.Conv3d or bool(conv._forward_hooks or conv._forward_pre_hooks
+                                                    or conv._backward_hooks)
+
+    def _gate(self, conv: nn.Conv3d, z: torch.Tensor) -> torch.Tensor:
+        # two output maps: gate_conv3d's backward is as cheap as the forward on CPU
+        return conv(z) if self._plain_call(conv) else gate_conv3d(z, conv.weight, conv.bias)
+
+    def _dense(self, conv: nn.Conv3d, z: torch.Tensor) -> torch.Tensor:
+        # C -> C maps: dense_conv3d's weight gradient is one GEMM per tap on CPU
+        return conv(z) if self._plain_call(conv) else dense_conv3d(z, conv.weight, conv.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Fuse ``y`` into ``x``.
@@ -108,7 +115,7 @@ class GatedMapFusion3d(nn.Module):
                 f"y has x's spatial size, so with always_project=False it is not projected and must have "
                 f"{self.channels} channels, got {self.fine_channels}"
             )
-        a = torch.sigmoid(self.conv_x(x) * self.conv_y(y))
+        a = torch.sigmoid(self._dense(self.conv_x, x) * self._dense(self.conv_y, y))
         xa, ya = x * a, y * a
         gx = self._gate(self.gate_x, torch.cat([x, xa], dim=1))
         gy = self._gate(self.gate_y, torch.cat([y, ya], dim=1))

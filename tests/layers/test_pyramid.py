@@ -32,14 +32,14 @@ def test_gated_fusion_closed_form():
 
 @pytest.mark.parametrize("shape", [(2, 2, 3, 3), (1, 1, 5, 4)], ids=str)
 def test_gated_fusion_gradients_match_the_module_calls(shape):
-    # the gate convs run through gate_conv3d (own CPU backward); a pre-hook forces the
+    # the gate and 3x3x3 convs run through gate_conv3d / dense_conv3d (own CPU backward); a pre-hook forces the
     # plain module calls: outputs and every gradient must agree
     torch.manual_seed(0)
     b, d, h, w = shape
     fast = GatedMapFusion3d(6, 3).double()
     plain = GatedMapFusion3d(6, 3).double()
     plain.load_state_dict(fast.state_dict())
-    for conv in (plain.gate_x, plain.gate_y):
+    for conv in (plain.gate_x, plain.gate_y, plain.conv_x, plain.conv_y):
         conv.register_forward_pre_hook(lambda module, args: None)
     x = torch.randn(b, 6, d, h, w, dtype=torch.float64)
     y = torch.randn(b, 3, 2 * d, 2 * h, 2 * w, dtype=torch.float64)
