@@ -217,3 +217,60 @@ def test_gate_convolution_in_channels_last_and_float32():
     gxd, gwd = torch.autograd.grad(F.conv3d(xd, wd, None, 1, 3).square().sum(), (xd, wd))
     assert_close(gx, gxd, torch.float32)
     assert_close(gw, gwd, torch.float32)
+
+
+def _penalty_grads(module, x):
+    """Parameter gradients of a gradient penalty ``|d sum(y^2) / dx|^2`` (needs double backward)."""
+    module.zero_grad(set_to_none=True)
+    xx = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(module(xx).square().sum(), xx, create_graph=True)
+    g.square().sum().backward()
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("which", ["attention", "fusion", "bottleneck"])
+def test_gradient_penalty_through_every_cpu_autograd_function(which):
+    # the depthwise, gate, dense and grouped convolutions' own backwards must carry the
+    # graph under create_graph=True, or second-order terms would silently vanish
+    from mmscale import MultiScaleConvAttention3d
+    from mmscale.layers import GatedMapFusion3d
+    from mmscale.layers.backbone import GroupedBottleneck3d
+    from mmscale.layers.reference import NaiveMultiScaleConvAttention3d
+
+    torch.manual_seed(0)
+    if which == "attention":
+        fast = MultiScaleConvAttention3d(4, kernel_sizes=(1, 3, 5), reduction=2, spatial_kernel=3).double()
+        plain = NaiveMultiScaleConvAttention3d(4, kernel_sizes=(1, 3, 5), reduction=2, spatial_kernel=3).double()
+        plain.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
+    elif which == "fusion":
+        fast = GatedMapFusion3d(4, 4, always_project=True).double()
+        plain = GatedMapFusion3d(4, 4, always_project=True).double()
+        plain.load_state_dict(fast.state_dict())
+        for conv in (plain.gate_x, plain.gate_y, plain.conv_x, plain.conv_y):
+            conv.register_forward_pre_hook(lambda module, args: None)
+        y = torch.randn(2, 4, 2, 4, 4, dtype=torch.float64)
+        fast_fn, plain_fn = fast, plain
+        fast = _Bind(fast_fn, y)
+        plain = _Bind(plain_fn, y)
+        x = torch.randn(2, 4, 2, 4, 4, dtype=torch.float64)
+    else:
+        fast = GroupedBottleneck3d(8, 8, 8, cardinality=4, se_reduction=0).double()
+        plain = GroupedBottleneck3d(8, 8, 8, cardinality=4, se_reduction=0).double()
+        plain.load_state_dict(fast.state_dict())
+        plain.conv2.register_forward_pre_hook(lambda module, args: None)
+        x = torch.randn(2, 8, 3, 5, 5, dtype=torch.float64)
+    got, want = _penalty_grads(fast, x), _penalty_grads(plain, x)
+    for name, g in want.items():
+        assert_close(got[name], g, msg=name)
+
+
+class _Bind(nn.Module):
+    """A fusion with its finer map fixed, as a one-input module."""
+
+    def __init__(self, fusion, y):
+        super().__init__()
+        self.fusion, self.y = fusion, y
+
+    def forward(self, x):
+        return self.fusion(x, self.y)

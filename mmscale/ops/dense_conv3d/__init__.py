@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
+from mmscale.ops._double_backward import conv3d_grads_with_graph
 
 __all__ = ["dense_conv3d", "dense_conv3d_weight_grad"]
 
@@ -54,15 +55,16 @@ def dense_conv3d_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: t
 class _DenseConv3d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, bias)
         ctx.has_bias = bias is not None
         return F.conv3d(x, weight, bias, 1, tuple(k // 2 for k in weight.shape[2:]))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
         padding = tuple(k // 2 for k in weight.shape[2:])
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
+            return conv3d_grads_with_graph(x, weight, bias, grad, (1, 1, 1), padding, 1, ctx.needs_input_grad)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from mmscale.ops._double_backward import conv3d_grads_with_graph
+
 _CL = torch.channels_last_3d
 
 
@@ -253,6 +255,17 @@ class MultiDepthwiseConv3dFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         x, *weights = ctx.saved_tensors
         stride, paddings = ctx.stride, ctx.paddings
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation per filter
+            grad_x, grad_ws = None, []
+            for i, (g, w, p) in enumerate(zip(grads, weights, paddings, strict=True)):
+                if g is None:
+                    grad_ws.append(None)
+                    continue
+                gx, gw, _ = conv3d_grads_with_graph(x, w, None, g, stride, p, x.shape[1],
+                                                    (ctx.needs_input_grad[0], ctx.needs_input_grad[3 + i], False))
+                grad_x = gx if grad_x is None or gx is None else grad_x + gx
+                grad_ws.append(gw)
+            return (grad_x, None, None, *grad_ws)
         grad_x = None
         grad_ws: list[torch.Tensor | None] = [None] * len(weights)
         x_nc = None  # the input in NCDHW, converted once for every weight gradient

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
+from mmscale.ops._double_backward import conv3d_grads_with_graph
 
 __all__ = ["gate_conv3d", "gate_conv3d_supported"]
 
@@ -60,15 +61,16 @@ class _GateConv3d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         padding = tuple(k // 2 for k in weight.shape[2:])
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, bias)
         ctx.padding = padding
         return F.conv3d(x, weight, bias, 1, padding)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
         padding = ctx.padding
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
+            return conv3d_grads_with_graph(x, weight, bias, grad, (1, 1, 1), padding, 1, ctx.needs_input_grad)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             flipped = weight.flip((2, 3, 4)).transpose(0, 1)  # [C_in, C_out, kd, kh, kw]

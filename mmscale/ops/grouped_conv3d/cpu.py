@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmscale.ops._double_backward import conv3d_grads_with_graph
+
 __all__ = ["LARGE_INPUT", "GroupedConv3dFunction", "grouped_conv3d_cpu", "grouped_input_grad", "grouped_weight_grad"]
 
 _CL = torch.channels_last_3d
@@ -205,6 +207,10 @@ class GroupedConv3dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
+            gx, gw, _ = conv3d_grads_with_graph(x, weight, None, grad_out, ctx.stride, ctx.padding, ctx.groups,
+                                                (*ctx.needs_input_grad[:2], False))
+            return gx, gw, None, None, None
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = grouped_input_grad(x.shape, weight, grad_out, ctx.stride, ctx.padding, ctx.groups)
