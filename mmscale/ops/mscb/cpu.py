@@ -172,10 +172,9 @@ class MSCBTrainFunction(torch.autograd.Function):
                 zs.append(None)
                 stats.append((mean, invstd))
                 continue
-            else:
-                # oneDNN may answer in NCDHW for an input whose layout is ambiguous (B = 1):
-                # the rows must be contiguous for the out= BatchNorm below
-                z = _rows(F.conv3d(hv, wk, None, 1, tuple(q // 2 for q in ks), 1, e)).contiguous()
+            # oneDNN may answer in NCDHW for an input whose layout is ambiguous (B = 1):
+            # the rows must be contiguous for the out= BatchNorm below
+            z = _rows(F.conv3d(hv, wk, None, 1, tuple(q // 2 for q in ks), 1, e)).contiguous()
             zs.append(z)
             if s is None:
                 s, mean, invstd = _bn_forward(z, step)
