@@ -23,6 +23,7 @@ __all__ = [
     "KERNEL_DTYPES",
     "check_backend",
     "cpu_autocast_enabled",
+    "cpu_autograd_path",
     "tracing",
     "fallback",
     "kernels_reason",
@@ -382,3 +383,22 @@ def tracing() -> bool:
     """
     compiler = getattr(torch, "compiler", None)
     return any(getattr(compiler, name, lambda: False)() for name in ("is_compiling", "is_exporting"))
+
+
+def cpu_autograd_path(x: torch.Tensor) -> bool:
+    """Whether mmscale's CPU autograd functions may compute an op on ``x``.
+
+    On CPU, float32/float64, outside CPU autocast (autocast would not see through a
+    custom function, so ATen's dtype rules are kept there).
+
+    Args:
+        x (torch.Tensor): the op's input.
+
+    Returns:
+        bool: True when the CPU path applies.
+
+    Example:
+        >>> cpu_autograd_path(torch.zeros(2)), cpu_autograd_path(torch.zeros(2, dtype=torch.float16))
+        (True, False)
+    """
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not cpu_autocast_enabled()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
 from mmscale.ops._double_backward import conv3d_grads_with_graph
+from mmscale.ops.gating.gate_conv import gate_conv3d_supported
 
 __all__ = ["dense_conv3d", "dense_conv3d_weight_grad"]
 
@@ -96,14 +96,6 @@ def dense_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         >>> tuple(dense_conv3d(torch.randn(2, 4, 3, 5, 5), torch.randn(6, 4, 3, 3, 3)).shape)
         (2, 6, 3, 5, 5)
     """
-    if (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and all(k % 2 == 1 for k in weight.shape[2:])
-        and torch.is_grad_enabled()
-        and weight.requires_grad
-        and not cpu_autocast_enabled()
-        and not tracing()
-    ):
+    if gate_conv3d_supported(x, weight) and torch.is_grad_enabled() and weight.requires_grad:
         return _DenseConv3d.apply(x, weight, bias)
     return F.conv3d(x, weight, bias, 1, tuple(k // 2 for k in weight.shape[2:]))

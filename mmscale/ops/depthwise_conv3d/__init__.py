@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmscale.ops._dispatch import cpu_autocast_enabled
+from mmscale.ops._dispatch import cpu_autograd_path
 from mmscale.ops.depthwise_conv3d.cpu import depthwise_weight_grad, multi_depthwise_conv3d_cpu
 from mmscale.ops.depthwise_conv3d.reference import depthwise_conv3d_reference
 
@@ -17,11 +17,6 @@ __all__ = [
     "multi_depthwise_conv3d",
     "multi_depthwise_conv3d_cpu",
 ]
-
-
-def _use_cpu_path(x: torch.Tensor) -> bool:
-    # autocast would not see through the custom function, so keep ATen's dtype rules there
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not cpu_autocast_enabled()
 
 
 def multi_depthwise_conv3d(
@@ -53,7 +48,7 @@ def multi_depthwise_conv3d(
     """
     if paddings is None:
         paddings = [tuple(k // 2 for k in w.shape[2:]) for w in weights]
-    if _use_cpu_path(x):
+    if cpu_autograd_path(x):
         return multi_depthwise_conv3d_cpu(x, weights, stride, paddings)
     outs = []
     for w, p in zip(weights, paddings, strict=True):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
+from mmscale.ops._dispatch import cpu_autograd_path, tracing
 from mmscale.ops._double_backward import conv3d_grads_with_graph
 
 __all__ = ["gate_conv3d", "gate_conv3d_supported"]
@@ -49,10 +49,8 @@ def gate_conv3d_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         True
     """
     return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
+        cpu_autograd_path(x)
         and all(k % 2 == 1 for k in weight.shape[2:])
-        and not cpu_autocast_enabled()
         and not tracing()
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmscale.ops._dispatch import cpu_autocast_enabled
+from mmscale.ops._dispatch import cpu_autograd_path
 from mmscale.ops.grouped_conv3d.cpu import (
     LARGE_INPUT,
     grouped_conv3d_cpu,
@@ -22,11 +22,6 @@ __all__ = [
     "grouped_input_grad",
     "grouped_weight_grad",
 ]
-
-
-def _use_cpu_path(x: torch.Tensor) -> bool:
-    # autocast would not see through the custom function, so keep ATen's dtype rules there
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not cpu_autocast_enabled()
 
 
 def grouped_conv3d(
@@ -59,6 +54,6 @@ def grouped_conv3d(
         >>> tuple(y.shape)
         (1, 8, 2, 3, 3)
     """
-    if _use_cpu_path(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if cpu_autograd_path(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return grouped_conv3d_cpu(x, weight, stride, padding, groups)
     return F.conv3d(x, weight, None, stride, padding, 1, groups)

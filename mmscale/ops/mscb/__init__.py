@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmscale.ops._dispatch import cpu_autocast_enabled, tracing
+from mmscale.ops._dispatch import cpu_autocast_enabled, cpu_autograd_path, tracing
 from mmscale.ops.batch_norm import BatchNormState, BatchNormStep
 from mmscale.ops.mscb.cpu import MSCBTrainFunction, mscb_inference, shuffled
 
@@ -61,12 +61,10 @@ def supports(x: torch.Tensor, states: Sequence[BatchNormState], stride: tuple[in
         True
     """
     return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
+        cpu_autograd_path(x)
         and tuple(stride) == (1, 1, 1)
         and combine == "add"
         and all(_batch_stats_with_affine(s) for s in states)
-        and not cpu_autocast_enabled()
         and not tracing()
     )
 
