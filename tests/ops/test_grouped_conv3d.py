@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,21 @@ def test_large_input_paths(shape, stride):
     out = _grads(grouped_conv3d, x, w, stride, 1, 32, g)
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_slice", [1, 2, 3])  # with 3, 8 and 32 groups: slices of 2+1, 3+3+2, 10x3+2, ...
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], ((2, 16, 5, 6, 7), 8, 3, 1, 1, 8)])
+def test_weight_grad_unfolds_a_slice_of_the_groups_at_a_time(monkeypatch, case, per_slice):
+    cpu = importlib.import_module("mmscale.ops.grouped_conv3d.cpu")
+    x, w, g = _case(*case, torch.float64)
+    stride, padding, groups = case[3:]
+    stride, padding = ((v,) * 3 if isinstance(v, int) else v for v in (stride, padding))
+    expected = torch.ops.aten.convolution_backward(
+        g, x, w, None, stride, padding, (1, 1, 1), False, (0, 0, 0), groups, (False, True, False))[1]
+    unfolded_per_group = (x.shape[1] // groups) * w.shape[3] * w.shape[4] * g.shape[3] * g.shape[4]
+    monkeypatch.setattr(cpu, "COLS_BUDGET", per_slice * unfolded_per_group + unfolded_per_group // 2)
+    torch.testing.assert_close(grouped_weight_grad(x, g, tuple(w.shape[2:]), stride, padding, groups), expected,
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_gradcheck():

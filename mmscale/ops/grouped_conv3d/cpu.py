@@ -8,8 +8,10 @@ shared with another process it was measured at 6 s instead of 0.12 s for
 computes the gradients with kernels that run well on such a CPU:
 
 * weight gradient: per (sample, input depth plane), one in-plane im2col (``kh * kw``
-  shifted copies of the plane, written into a buffer that is reused, so only
-  ``kh * kw`` times one plane is ever materialised) and one ``bmm`` over the groups,
+  shifted copies of the plane, written into a buffer that is reused; built for a
+  slice of the groups at a time, at most :data:`COLS_BUDGET` elements, so the
+  backward's peak memory stays within 4 MiB of ATen's at the backbone's shapes) and
+  one ``bmm`` over the groups of the slice,
   ``[G, n * C_out/G, H'W'] x [G, H'W', C_in/G * kh * kw]``, where the ``n`` output
   planes that this input plane meets through the depth taps are consecutive and
   give the ``n`` depth taps at once (see :func:`grouped_weight_grad`). Measured
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 
 from mmscale.ops._double_backward import conv3d_grads_with_graph
 
-__all__ = ["LARGE_INPUT", "GroupedConv3dFunction", "grouped_conv3d_cpu", "grouped_input_grad", "grouped_weight_grad"]
+__all__ = ["COLS_BUDGET", "LARGE_INPUT", "GroupedConv3dFunction", "grouped_conv3d_cpu", "grouped_input_grad", "grouped_weight_grad"]
 
 _CL = torch.channels_last_3d
 
@@ -40,6 +42,13 @@ LARGE_INPUT = 8192
 """Input positions per channel (``D * H * W``) from which the stride-1 input gradient
 leaves ATen for the flipped-filter convolution (smaller ones measured as fast or
 faster in ATen)."""
+
+
+COLS_BUDGET = 1 << 20
+"""Elements of the unfolded input plane that the weight gradient builds at once (4 MiB
+in float32): the plane is unfolded for as many groups as fit, so the buffer stays small
+next to the activations (unfolding all groups of a ``[256, 48, 48]`` plane at once took
+21 MB)."""
 
 
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
@@ -102,8 +111,9 @@ def grouped_weight_grad(
     n_col = cg * kh * kw
     # [B, G, D', C_out/G, H'W']: rows (od, o) of consecutive output planes are one matrix per group
     g2 = grad_out.reshape(b_size, groups, co, d_out, n_pos).transpose(2, 3).contiguous()
-    cols = x.new_zeros(c_in, kh, kw, h_out, w_out)
-    cols_t = cols.view(groups, n_col, n_pos).transpose(1, 2)  # [G, H'W', C_in/G * kh * kw]
+    # the unfolded plane is built for a slice of the groups at a time, at most COLS_BUDGET elements
+    chunk = max(1, min(groups, COLS_BUDGET // (n_col * n_pos)))
+    cols = x.new_zeros(chunk * cg, kh, kw, h_out, w_out)
     hr = _tap_ranges(h_out, height, kh, sh, ph)
     wr = _tap_ranges(w_out, width, kw, sw, pw)
     # depth taps by residue r = i % sd; acc[r][:, j] holds tap i = r + sd * (n_r - 1 - j),
@@ -120,16 +130,19 @@ def grouped_weight_grad(
             lo, hi = max(0, base), min(d_out, top + 1)
             if lo >= hi:
                 continue
-            plane = x[b, :, d]
-            for j, (hlo, hhi, h0) in enumerate(hr):
-                for k, (wlo, whi, w0) in enumerate(wr):
-                    if hlo < hhi and wlo < whi:
-                        cols[:, j, k, hlo:hhi, wlo:whi] = plane[
-                            :, h0 : h0 + (hhi - hlo - 1) * sh + 1 : sh, w0 : w0 + (whi - wlo - 1) * sw + 1 : sw
-                        ]
-            rows = g2[b, :, lo:hi].reshape(groups, (hi - lo) * co, n_pos)
-            acc = accs[r][:, lo - base : hi - base].view(groups, (hi - lo) * co, n_col)
-            acc.add_(torch.bmm(rows, cols_t))
+            for g0 in range(0, groups, chunk):
+                g1 = min(groups, g0 + chunk)
+                plane = x[b, g0 * cg : g1 * cg, d]
+                part = cols[: (g1 - g0) * cg]
+                for j, (hlo, hhi, h0) in enumerate(hr):
+                    for k, (wlo, whi, w0) in enumerate(wr):
+                        if hlo < hhi and wlo < whi:
+                            part[:, j, k, hlo:hhi, wlo:whi] = plane[
+                                :, h0 : h0 + (hhi - hlo - 1) * sh + 1 : sh, w0 : w0 + (whi - wlo - 1) * sw + 1 : sw
+                            ]
+                rows = g2[b, g0:g1, lo:hi].reshape(g1 - g0, (hi - lo) * co, n_pos)
+                acc = accs[r][g0:g1, lo - base : hi - base].view(g1 - g0, (hi - lo) * co, n_col)
+                acc.add_(torch.bmm(rows, part.view(g1 - g0, n_col, n_pos).transpose(1, 2)))
     out = x.new_empty(groups, kd, co, n_col)
     for r, acc in enumerate(accs):
         n_r = acc.shape[1]
