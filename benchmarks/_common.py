@@ -94,6 +94,89 @@ def describe_cpu(info: dict) -> str:
             f"{info['logical_cpus']} logical CPUs{load}")
 
 
+def allocator_info(environ: dict | None = None, thp_mode_file: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> dict:
+    """How large CPU tensors get their memory: it moves CPU timings more than most kernels do.
+
+    With glibc's malloc, every block above its mmap threshold (at most 32 MiB) is a
+    fresh memory mapping whose pages fault in one by one on first touch; a composition
+    that allocates a fresh tensor per step pays that once per step. PyTorch's
+    ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB transparent huge pages for tensors of 2 MiB or
+    more) or a caching malloc (jemalloc, tcmalloc through ``LD_PRELOAD``) removes most
+    of it, for every composition alike.
+
+    Args:
+        environ (dict | None): the environment to read (``os.environ`` when None).
+        thp_mode_file (str): the kernel's transparent-huge-page setting.
+
+    Returns:
+        dict: ``thp_mem_alloc_enable`` (bool: PyTorch's variable set to a non-zero
+        value), ``preloaded_malloc`` (``"jemalloc"``, ``"tcmalloc"``, ``"mimalloc"``
+        or None), ``malloc_env`` (glibc's ``MALLOC_*`` tunables that are set) and
+        ``thp_mode`` (``"always"``, ``"madvise"``, ``"never"`` or None where unknown).
+    """
+    env = os.environ if environ is None else environ
+    preload = env.get("LD_PRELOAD", "")
+    preloaded = next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in preload), None)
+    try:
+        match = re.search(r"\[(\w+)\]", Path(thp_mode_file).read_text(encoding="utf-8"))
+        thp_mode = match.group(1) if match else None
+    except OSError:
+        thp_mode = None
+    return {
+        "thp_mem_alloc_enable": env.get("THP_MEM_ALLOC_ENABLE", "0").strip() not in ("", "0"),
+        "preloaded_malloc": preloaded,
+        "malloc_env": {k: v for k, v in sorted(env.items()) if k.startswith("MALLOC_") and k.endswith("_")},
+        "thp_mode": thp_mode,
+    }
+
+
+def describe_allocator(info: dict) -> str:
+    """One header line for an :func:`allocator_info` dict.
+
+    Args:
+        info (dict): as returned by :func:`allocator_info`.
+
+    Returns:
+        str: e.g. ``"allocator: system malloc, THP_MEM_ALLOC_ENABLE unset (kernel THP: madvise)"``.
+    """
+    malloc = info.get("preloaded_malloc") or "system malloc"
+    tunables = "".join(f", {k}={v}" for k, v in info.get("malloc_env", {}).items())
+    thp = "THP_MEM_ALLOC_ENABLE=1" if info.get("thp_mem_alloc_enable") else "THP_MEM_ALLOC_ENABLE unset"
+    mode = f" (kernel THP: {info['thp_mode']})" if info.get("thp_mode") else ""
+    return f"allocator: {malloc}{tunables}, {thp}{mode}"
+
+
+def allocator_hint(info: dict) -> str | None:
+    """A note for CPU runs on the default allocator (None when a faster one is in use).
+
+    Args:
+        info (dict): as returned by :func:`allocator_info`.
+
+    Returns:
+        str | None: the note, or None.
+    """
+    if info.get("thp_mem_alloc_enable") or info.get("preloaded_malloc") or info.get("malloc_env"):
+        return None
+    return ("  note: large tensors are fresh memory mappings here; first-touch page faults weigh on "
+            "compositions that allocate more (the naive one most). THP_MEM_ALLOC_ENABLE=1 "
+            "changes absolute times and ratios (see docs/benchmarks.md)")
+
+
+def print_machine(info: dict, device: torch.device) -> None:
+    """Print the CPU line, the allocator line and, on CPU with the default allocator, its note.
+
+    Args:
+        info (dict): as returned by :func:`versions`.
+        device (torch.device): where the timed work runs.
+    """
+    print(describe_cpu(info["cpu"]))
+    print(describe_allocator(info["allocator"]))
+    hint = allocator_hint(info["allocator"]) if device.type == "cpu" else None
+    if hint:
+        print(hint)
+    print(end="", flush=True)
+
+
 def versions(device: torch.device | str | None = None) -> dict:
     """Library versions and a description of the device the numbers come from."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -111,6 +194,7 @@ def versions(device: torch.device | str | None = None) -> dict:
     except Exception:
         info["triton"] = None
     info["cpu"] = cpu_info()
+    info["allocator"] = allocator_info()
     if device.type == "cuda":
         info["device"] = torch.cuda.get_device_name(device)
         info["capability"] = list(torch.cuda.get_device_capability(device))

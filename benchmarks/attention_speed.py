@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
     TRACKING_MALLOC_ENV,
-    describe_cpu,
     peak_memory_mib,
     peak_rss_mib,
+    print_machine,
     ratio_stats,
     spread_warning,
     summarize,
@@ -230,7 +230,7 @@ def run(args) -> dict:
     info = versions(device)
     print(f"mmscale {info['mmscale']}  torch {info['torch']}  triton {info['triton']}  "
           f"device {info['device']}  threads {info['threads']}")
-    print(describe_cpu(info["cpu"]), flush=True)
+    print_machine(info, device)
     results = []
     report = {"versions": info, "device": str(device), "rounds": rounds, "results": results}
     for shape in shapes:

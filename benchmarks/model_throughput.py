@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import describe_cpu, ratio_stats, spread_warning, versions, write_json  # noqa: E402
+from benchmarks._common import print_machine, ratio_stats, spread_warning, versions, write_json  # noqa: E402
 from benchmarks.naive import NaiveMultiScaleConvAttention3d, NaiveUpConv3d  # noqa: E402
 from mmscale import MMCAFNet, MultiScaleConvAttention3d, UpConv3d, binary_focal_loss  # noqa: E402
 from mmscale.layers.backbone import GroupedBottleneck3d  # noqa: E402
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = versions(device)
     print("device:", info["device"], "| torch", info["torch"],
           "| triton", info["triton"], "| threads", info["threads"])
-    print(describe_cpu(info["cpu"]), flush=True)
+    print_machine(info, device)
     report = {"versions": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": [],
               "baseline": [], "profile": {}}
     if args.baseline:
@@ -397,8 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["results"] = rows
 
     header = f"{'preset':<7} {'params':>12} {'input':<22} {'dtype':<9} {'infer ms':>10} {'infer vol/s':>12} {'train ms':>10} {'train vol/s':>12}"
-    print(header)
-    print("-" * len(header))
+    if rows:
+        print(header)
+        print("-" * len(header))
     for r in rows:
         print(f"{r['preset']:<7} {r['params']:>12,} {'x'.join(map(str, r['input'])):<22} {r['dtype']:<9} "
               f"{r['inference_ms']:>10.1f} {r['inference_volumes_per_s']:>12.2f} "

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from benchmarks._common import (
+    allocator_hint,
+    allocator_info,
     cpu_info,
+    describe_allocator,
     describe_cpu,
     peak_rss_mib,
     ratio_stats,
@@ -47,6 +50,28 @@ def test_cpu_info_reads_model_family_and_isa():
 
 def test_cpu_info_without_flags_says_unknown():
     assert cpu_info("model name\t: Some CPU\n")["isa"] == "unknown"
+
+
+def test_allocator_info_reads_the_environment_and_the_kernel_setting(tmp_path):
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    default = allocator_info({"PATH": "/bin"}, str(mode))
+    assert default == {"thp_mem_alloc_enable": False, "preloaded_malloc": None, "malloc_env": {},
+                       "thp_mode": "madvise"}
+    line = describe_allocator(default)
+    assert "system malloc" in line and "THP_MEM_ALLOC_ENABLE unset" in line and "madvise" in line
+    assert "THP_MEM_ALLOC_ENABLE=1" in allocator_hint(default)
+
+    thp = allocator_info({"THP_MEM_ALLOC_ENABLE": "1"}, str(tmp_path / "missing"))
+    assert thp["thp_mem_alloc_enable"] and thp["thp_mode"] is None
+    assert "THP_MEM_ALLOC_ENABLE=1" in describe_allocator(thp) and allocator_hint(thp) is None
+    assert not allocator_info({"THP_MEM_ALLOC_ENABLE": "0"}, str(mode))["thp_mem_alloc_enable"]
+
+    je = allocator_info({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                         "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "65536"}, str(mode))
+    assert je["preloaded_malloc"] == "jemalloc" and je["malloc_env"] == {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    assert describe_allocator(je).startswith("allocator: jemalloc, MALLOC_MMAP_THRESHOLD_=65536")
+    assert allocator_hint(je) is None
 
 
 def test_summarize_median_and_interquartile_range():

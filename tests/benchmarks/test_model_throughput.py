@@ -49,3 +49,15 @@ def test_plain_reference_computes_the_same_image_vector():
         with torch.no_grad():
             b = image_path(plain, vol)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_the_header_names_the_allocator_and_an_empty_table_is_not_printed(capsys, monkeypatch):
+    from benchmarks.model_throughput import main
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    report = main(["--quick", "--no-throughput", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "allocator: " in out and "THP_MEM_ALLOC_ENABLE unset" in out
+    assert report["versions"]["allocator"]["thp_mem_alloc_enable"] is False
+    assert report["results"] == [] and "infer vol/s" not in out
