@@ -110,6 +110,41 @@ def test_inference_matches_the_plain_composition(spies, kernels, channels, shape
 
 
 @pytest.mark.parametrize(
+    ("channels", "shape", "scaled_products"),
+    [
+        ((4, 4), (2, 1, 3, 5), 0),  # 30 rows: both BatchNorm scales folded into the weights
+        ((8, 12), (1, 2, 1, 5), 1),  # 10 rows < E = 16: the projection's scale on its product
+        ((16, 16), (3, 1, 1, 2), 2),  # 6 rows < C = 16: both scales on the products (deep layers)
+        ((12, 16), (1, 1, 1, 1), 2),  # one position
+    ],
+    ids=["weights", "project-product", "both-products", "one-position"],
+)
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+def test_inference_puts_each_batchnorm_scale_on_the_smaller_side(monkeypatch, spies, channels, shape,
+                                                                 scaled_products, layout):
+    products = []
+    linear = cpu._linear
+
+    def counted_linear(rows, weight, bias, scale):
+        products.append(scale is not None)
+        return linear(rows, weight, bias, scale)
+
+    monkeypatch.setattr(cpu, "_linear", counted_linear)
+    reference, candidate = make_pair((1, 3, 5), *channels)
+    reference.eval()
+    candidate.eval()
+    x = torch.randn(shape[0], channels[0], *shape[1:], dtype=torch.float64)
+    if layout == "cl":
+        x = x.contiguous(memory_format=CL)
+    with torch.no_grad():
+        expected = reference(x)
+        got = candidate(x)
+    assert spies["inference"] == 1
+    assert len(products) == 2 and sum(products) == scaled_products
+    assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
     "bn_kwargs",
     [dict(momentum=None), dict(affine=False), dict(track_running_stats=False), dict(momentum=0.3, eps=1e-3)],
     ids=["cumulative", "no_affine", "no_running_stats", "momentum_eps"],

@@ -161,6 +161,20 @@ def _fold(step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, step.bias - step.running_mean * scale
 
 
+def _project_weight(w_project: torch.Tensor, groups: int, scale: torch.Tensor | None) -> torch.Tensor:
+    """:func:`shuffled` ``w_project`` with its rows times ``scale`` (when given), in one pass."""
+    if groups == 1:
+        return w_project if scale is None else w_project * scale[:, None]
+    o, e = w_project.shape
+    source = w_project.view(o, e // groups, groups).transpose(1, 2)  # the shuffle as a view
+    out = w_project.new_empty(o, groups, e // groups)
+    if scale is None:
+        out.copy_(source)
+    else:
+        torch.mul(source, scale[:, None, None], out=out)
+    return out.view(o, e)
+
+
 def multiscale_conv_block_inference(
     x: torch.Tensor,
     w_expand: torch.Tensor,
@@ -194,10 +208,18 @@ def multiscale_conv_block_inference(
     s1, t1 = _fold(steps[0])
     branch = [_fold(s) for s in steps[1:-1]]
     s2, t2 = _fold(steps[-1])
+    # a BatchNorm's scale goes into the 1x1 weight when that is the smaller tensor (a copy
+    # per call), else onto the product's rows in place (deep layers: few positions, many channels)
+    rows = x.numel() // max(x.shape[1], 1)
+    scale_expand_weight = w_expand.shape[1] <= rows
+    scale_project_weight = w_project.shape[1] <= rows
     return mscb_inference(
         x.contiguous(memory_format=torch.channels_last_3d),
-        w_expand * s1[:, None], t1,
+        w_expand * s1[:, None] if scale_expand_weight else w_expand, t1,
         [w * sc.view(-1, 1, 1, 1, 1) for w, (sc, _) in zip(dw_weights, branch, strict=True)],
         [sh for _, sh in branch],
-        shuffled(w_project, shuffle_groups) * s2[:, None], t2, w_shortcut, out_channels_last,
+        _project_weight(w_project, shuffle_groups, s2 if scale_project_weight else None), t2, w_shortcut,
+        out_channels_last,
+        expand_scale=None if scale_expand_weight else s1,
+        project_scale=None if scale_project_weight else s2,
     )

@@ -343,6 +343,14 @@ def _backward_by_recompute(ctx, grad_out):
     return (gx, g1, g2, gs_, None, None, *grest)
 
 
+def _linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``rows @ weight^T * scale + bias`` (no ``scale``: ``rows @ weight^T + bias``), the scale in place."""
+    if scale is None:
+        return torch.addmm(bias, rows, weight.t())
+    out = torch.mm(rows, weight.t())
+    return torch.addcmul(bias, out, scale, out=out)
+
+
 def mscb_inference(
     x: torch.Tensor,
     w_expand: torch.Tensor,
@@ -353,6 +361,8 @@ def mscb_inference(
     b_project: torch.Tensor,
     w_shortcut: torch.Tensor | None,
     out_channels_last: bool,
+    expand_scale: torch.Tensor | None = None,
+    project_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The block without autograd, every BatchNorm already folded into the weights and biases.
 
@@ -360,11 +370,14 @@ def mscb_inference(
     the depthwise convolutions have read it, each branch's clamp runs on its own
     convolution output, and the projection is written straight in the memory format
     of the result. Shapes as in :class:`MSCBTrainFunction` (biases [E] and [C_out]).
+    ``expand_scale`` [E] / ``project_scale`` [C_out], when given, are BatchNorm scales
+    not folded into the weight: they multiply the product's columns in place, before
+    the bias.
     """
     b, c, d, h_, w_ = x.shape
     e = w_expand.shape[0]
     xr = _rows(x)
-    h = torch.addmm(b_expand, xr, w_expand.t()).clamp_(0.0, 6.0)  # [N, E]
+    h = _linear(xr, w_expand, b_expand, expand_scale).clamp_(0.0, 6.0)  # [N, E]
     hv = rearrange(h, "(b d h w) e -> b e d h w", b=b, d=d, h=h_, w=w_)
     convs, scales = [], []
     for wk, bk in zip(dw_weights, dw_biases, strict=True):
@@ -388,7 +401,7 @@ def mscb_inference(
         s.add_(z)
     del convs
     # the projection in rows (the fastest GEMM shape here), the residual added in the same layout
-    y = torch.addmm(b_project, s, w_project.t())
+    y = _linear(s, w_project, b_project, project_scale)
     y.add_(xr) if w_shortcut is None else y.addmm_(xr, w_shortcut.t())
     out = rearrange(y, "(b d h w) o -> b o d h w", b=b, d=d, h=h_, w=w_)
     return out if out_channels_last else out.contiguous()
