@@ -209,7 +209,7 @@ def multiscale_conv_block_inference(
     branch = [_fold(s) for s in steps[1:-1]]
     s2, t2 = _fold(steps[-1])
     # a BatchNorm's scale goes into the 1x1 weight when that is the smaller tensor (a copy
-    # per call), else onto the product's rows in place (deep layers: few positions, many channels)
+    # per call), else onto the product's columns in place (deep layers: few positions, many channels)
     rows = x.numel() // max(x.shape[1], 1)
     scale_expand_weight = w_expand.shape[1] <= rows
     scale_project_weight = w_project.shape[1] <= rows
