@@ -94,6 +94,12 @@ def describe_cpu(info: dict) -> str:
             f"{info['logical_cpus']} logical CPUs{load}")
 
 
+def _c_atoi(text: str) -> int:
+    """C's ``atoi``: the leading integer of ``text`` (0 when there is none), as PyTorch reads its switch."""
+    match = re.match(r"\s*([+-]?\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
 def allocator_info(environ: dict | None = None, thp_mode_file: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> dict:
     """How large CPU tensors get their memory: it moves CPU timings more than most kernels do.
 
@@ -109,8 +115,8 @@ def allocator_info(environ: dict | None = None, thp_mode_file: str = "/sys/kerne
         thp_mode_file (str): the kernel's transparent-huge-page setting.
 
     Returns:
-        dict: ``thp_mem_alloc_enable`` (bool: PyTorch's variable set to a non-zero
-        value), ``preloaded_malloc`` (``"jemalloc"``, ``"tcmalloc"``, ``"mimalloc"``
+        dict: ``thp_mem_alloc_enable`` (bool: PyTorch's variable read as a non-zero
+        integer, the way PyTorch reads it: ``"1"`` yes, ``"yes"`` no), ``preloaded_malloc`` (``"jemalloc"``, ``"tcmalloc"``, ``"mimalloc"``
         or None), ``malloc_env`` (glibc's ``MALLOC_*`` tunables that are set) and
         ``thp_mode`` (``"always"``, ``"madvise"``, ``"never"`` or None where unknown).
     """
@@ -123,7 +129,7 @@ def allocator_info(environ: dict | None = None, thp_mode_file: str = "/sys/kerne
     except OSError:
         thp_mode = None
     return {
-        "thp_mem_alloc_enable": env.get("THP_MEM_ALLOC_ENABLE", "0").strip() not in ("", "0"),
+        "thp_mem_alloc_enable": _c_atoi(env.get("THP_MEM_ALLOC_ENABLE", "")) != 0,
         "preloaded_malloc": preloaded,
         "malloc_env": {k: v for k, v in sorted(env.items()) if k.startswith("MALLOC_") and k.endswith("_")},
         "thp_mode": thp_mode,

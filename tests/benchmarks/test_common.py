@@ -65,7 +65,8 @@ def test_allocator_info_reads_the_environment_and_the_kernel_setting(tmp_path):
     thp = allocator_info({"THP_MEM_ALLOC_ENABLE": "1"}, str(tmp_path / "missing"))
     assert thp["thp_mem_alloc_enable"] and thp["thp_mode"] is None
     assert "THP_MEM_ALLOC_ENABLE=1" in describe_allocator(thp) and allocator_hint(thp) is None
-    assert not allocator_info({"THP_MEM_ALLOC_ENABLE": "0"}, str(mode))["thp_mem_alloc_enable"]
+    for value, enabled in (("0", False), ("", False), ("yes", False), (" 2", True), ("1x", True)):
+        assert allocator_info({"THP_MEM_ALLOC_ENABLE": value}, str(mode))["thp_mem_alloc_enable"] is enabled, value
 
     je = allocator_info({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
                          "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "65536"}, str(mode))
