@@ -90,11 +90,8 @@ def test_training_step_matches_the_plain_composition(spies, kernels, channels, s
     assert yb.is_contiguous(memory_format=CL if layout == "cl" and b * d * h * w > 1 else torch.contiguous_format)
 
 
-@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("channels", [(4, 4), (3, 5)], ids=["residual", "shortcut"])
-@pytest.mark.parametrize("kernels", KERNELS, ids=str)
-def test_inference_matches_the_plain_composition(spies, kernels, channels, shape, layout):
+def _eval_pair(kernels, channels, shape, layout):
+    """(plain output, mmscale output) in eval mode without autograd, same weights and input [B, C, D, H, W]."""
     reference, candidate = make_pair(kernels, *channels)
     reference.eval()
     candidate.eval()
@@ -103,8 +100,15 @@ def test_inference_matches_the_plain_composition(spies, kernels, channels, shape
     if layout == "cl":
         x = x.contiguous(memory_format=CL)
     with torch.no_grad():
-        expected = reference(x)
-        got = candidate(x)
+        return reference(x), candidate(x)
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels", [(4, 4), (3, 5)], ids=["residual", "shortcut"])
+@pytest.mark.parametrize("kernels", KERNELS, ids=str)
+def test_inference_matches_the_plain_composition(spies, kernels, channels, shape, layout):
+    expected, got = _eval_pair(kernels, channels, shape, layout)
     assert spies["inference"] == 1
     assert_close(got, expected)
 
@@ -130,15 +134,7 @@ def test_inference_puts_each_batchnorm_scale_on_the_smaller_side(monkeypatch, sp
         return linear(rows, weight, bias, scale)
 
     monkeypatch.setattr(cpu, "_linear", counted_linear)
-    reference, candidate = make_pair((1, 3, 5), *channels)
-    reference.eval()
-    candidate.eval()
-    x = torch.randn(shape[0], channels[0], *shape[1:], dtype=torch.float64)
-    if layout == "cl":
-        x = x.contiguous(memory_format=CL)
-    with torch.no_grad():
-        expected = reference(x)
-        got = candidate(x)
+    expected, got = _eval_pair((1, 3, 5), channels, shape, layout)
     assert spies["inference"] == 1
     assert len(products) == 2 and sum(products) == scaled_products
     assert_close(got, expected)
