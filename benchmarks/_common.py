@@ -175,12 +175,9 @@ def print_machine(info: dict, device: torch.device) -> None:
         info (dict): as returned by :func:`versions`.
         device (torch.device): where the timed work runs.
     """
-    print(describe_cpu(info["cpu"]))
-    print(describe_allocator(info["allocator"]))
     hint = allocator_hint(info["allocator"]) if device.type == "cpu" else None
-    if hint:
-        print(hint)
-    print(end="", flush=True)
+    lines = [describe_cpu(info["cpu"]), describe_allocator(info["allocator"]), *([hint] if hint else [])]
+    print("\n".join(lines), flush=True)
 
 
 def versions(device: torch.device | str | None = None) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +10,7 @@ from mmscale.layers.backbone import GroupedBottleneck3d
 from mmscale.ops import grouped_conv3d
 from mmscale.ops.grouped_conv3d import (
     LARGE_INPUT,
+    cpu,
     grouped_conv3d_cpu,
     grouped_conv3d_reference,
     grouped_input_grad,
@@ -96,7 +95,6 @@ def test_large_input_paths(shape, stride):
 @pytest.mark.parametrize("per_slice", [1, 2, 3])  # with 3, 8 and 32 groups: slices of 2+1, 3+3+2, 10x3+2, ...
 @pytest.mark.parametrize("case", [CASES[2], CASES[6], ((2, 16, 5, 6, 7), 8, 3, 1, 1, 8)])
 def test_weight_grad_unfolds_a_slice_of_the_groups_at_a_time(monkeypatch, case, per_slice):
-    cpu = importlib.import_module("mmscale.ops.grouped_conv3d.cpu")
     x, w, g = _case(*case, torch.float64)
     stride, padding, groups = case[3:]
     stride, padding = ((v,) * 3 if isinstance(v, int) else v for v in (stride, padding))

@@ -163,15 +163,13 @@ def _fold(step: BatchNormStep) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _project_weight(w_project: torch.Tensor, groups: int, scale: torch.Tensor | None) -> torch.Tensor:
     """:func:`shuffled` ``w_project`` with its rows times ``scale`` (when given), in one pass."""
-    if groups == 1:
-        return w_project if scale is None else w_project * scale[:, None]
+    if scale is None or groups == 1:
+        w = shuffled(w_project, groups)
+        return w if scale is None else w * scale[:, None]
     o, e = w_project.shape
-    source = w_project.view(o, e // groups, groups).transpose(1, 2)  # the shuffle as a view
     out = w_project.new_empty(o, groups, e // groups)
-    if scale is None:
-        out.copy_(source)
-    else:
-        torch.mul(source, scale[:, None, None], out=out)
+    # the shuffle as a view of the weight, written once, scaled on the way
+    torch.mul(w_project.view(o, e // groups, groups).transpose(1, 2), scale[:, None, None], out=out)
     return out.view(o, e)
 
 
